@@ -1,0 +1,64 @@
+//! The Durable Streams HTTP server.
+//!
+//! [`router`] builds the axum application: protocol routes under the stream
+//! root (default `/v1/stream`), the reserved `__ds` control APIs, health
+//! endpoints, and the browser-security/CORS layer every response passes
+//! through. [`transport`] serves it over HTTP/1.1 and HTTP/2 (h2c, or h2 over
+//! TLS via ALPN) with header-read timeouts and graceful shutdown.
+//!
+//! Handlers translate headers into `weir-core` requests and storage results
+//! into headers; they never touch files or NATS (that is the storage
+//! backend's job).
+
+pub mod config;
+pub mod error;
+pub mod headers;
+mod live;
+mod query;
+mod security;
+mod streams;
+pub mod subscriptions;
+pub mod transport;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get};
+use weir_storage::Storage;
+
+pub use config::ServerConfig;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<dyn Storage>,
+    pub config: Arc<ServerConfig>,
+    pub subscriptions: Arc<subscriptions::Subscriptions>,
+}
+
+impl AppState {
+    /// Builds the state and starts the subscription engine's background work.
+    pub fn new(storage: Arc<dyn Storage>, config: ServerConfig) -> AppState {
+        let config = Arc::new(config);
+        let subscriptions = subscriptions::Subscriptions::start(storage.clone(), config.clone());
+        AppState {
+            storage,
+            config,
+            subscriptions,
+        }
+    }
+}
+
+/// The application router.
+pub fn router(state: AppState) -> Router {
+    let root = state.config.stream_root.trim_end_matches('/').to_owned();
+    Router::new()
+        .route(&format!("{root}/{{*path}}"), any(streams::dispatch))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(streams::ready))
+        .fallback(streams::fallback)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn(security::headers))
+        .with_state(state)
+}

@@ -1,0 +1,408 @@
+//! Protocol handlers: create (PUT), append/close (POST), read (GET), metadata
+//! (HEAD) and delete (DELETE) on one stream URL.
+
+use axum::body::Body as HttpBody;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use weir_core::append::{AppendRequest, Body, valid_stream_seq};
+use weir_core::fork::{ForkError, parse_sub_offset};
+use weir_core::json::split_messages;
+use weir_core::offset::ReadFrom;
+use weir_core::producer::ProducerHeaders;
+use weir_core::{ContentType, Expiry, Offset, StreamName};
+use weir_storage::{AppendAck, CreateRequest, ForkRequest, ReadChunk, StorageError, StreamInfo};
+
+use crate::AppState;
+use crate::error::{ApiError, rejection};
+use crate::headers::{self, closed_flag, text};
+use crate::live;
+use crate::query::{Live, ReadQuery};
+
+/// Routes a request under the stream root by method.
+pub async fn dispatch(State(st): State<AppState>, Path(path): Path<String>, req: Request) -> Response {
+    if path == "__ds" || path.starts_with("__ds/") {
+        return crate::subscriptions::dispatch(st, &path, req).await;
+    }
+    let name = match StreamName::new(&path) {
+        Ok(n) => n,
+        Err(e) => return ApiError::bad_request("stream_name_invalid", e.to_string()).into_response(),
+    };
+    let result = match *req.method() {
+        Method::PUT => create(&st, name, req).await,
+        Method::POST => append(&st, name, req).await,
+        Method::GET => read(&st, name, req).await,
+        Method::HEAD => head(&st, name).await,
+        Method::DELETE => delete(&st, name).await,
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "streams support GET, HEAD, PUT, POST and DELETE",
+        )
+        .with_header(header::ALLOW, "GET, HEAD, PUT, POST, DELETE, OPTIONS")),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Anything outside the stream root.
+pub async fn fallback() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route").into_response()
+}
+
+/// `/readyz`: storage can take writes.
+pub async fn ready(State(st): State<AppState>) -> Response {
+    match st.storage.ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Reads the whole request body, mapping an over-limit body to `413`.
+pub(crate) async fn body_bytes(limit: usize, req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds the server's limit of {limit} bytes"),
+        )
+    };
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok((parts.headers, b)),
+        Err(e) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(too_large());
+                }
+                src = s.source();
+            }
+            Err(ApiError::bad_request("body_unreadable", format!("could not read request body: {e}")))
+        }
+    }
+}
+
+fn content_type(h: &HeaderMap) -> Result<Option<ContentType>, ApiError> {
+    match text(h, &header::CONTENT_TYPE)? {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => ContentType::parse(v)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("content_type_invalid", format!("`{v}` is not a media type"))),
+    }
+}
+
+/// The absolute URL of this request's stream (for `Location`).
+pub(crate) fn base_url(st: &AppState, h: &HeaderMap) -> String {
+    if let Some(p) = &st.config.public_url {
+        return p.trim_end_matches('/').to_owned();
+    }
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = if st.config.tls { "https" } else { "http" };
+    format!("{scheme}://{host}")
+}
+
+/// Percent-encodes a stream name for use in a URL path.
+pub(crate) fn url_path(name: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}');
+    percent_encoding::utf8_percent_encode(name, SET).to_string()
+}
+
+fn set(h: &mut HeaderMap, name: http::HeaderName, value: impl ToString) {
+    if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+        h.insert(name, v);
+    }
+}
+
+fn ct_header(h: &mut HeaderMap, ct: &ContentType) {
+    set(h, header::CONTENT_TYPE, ct.as_str());
+}
+
+/// Turns a `Stream-Forked-From` value (a URL path on this server) into the
+/// source stream's name.
+fn source_name(st: &AppState, value: &str) -> Result<StreamName, ApiError> {
+    let root = st.config.stream_root.trim_end_matches('/');
+    let path = value.split(['?', '#']).next().unwrap_or("");
+    let rel = path
+        .strip_prefix(root)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| ApiError::bad_request("fork_headers_invalid", ForkError::BadSource.to_string()))?;
+    let decoded = percent_encoding::percent_decode_str(rel)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("fork_headers_invalid", ForkError::BadSource.to_string()))?;
+    StreamName::new(&decoded).map_err(|e| ApiError::bad_request("fork_headers_invalid", e.to_string()))
+}
+
+async fn create(st: &AppState, name: StreamName, req: Request) -> Result<Response, ApiError> {
+    let (h, body) = body_bytes(st.config.max_body_bytes, req).await?;
+    let ct = content_type(&h)?;
+    let expiry = Expiry::from_headers(text(&h, &headers::STREAM_TTL)?, text(&h, &headers::STREAM_EXPIRES_AT)?)
+        .map_err(|e| ApiError::bad_request("expiry_invalid", e.to_string()))?;
+    let closed = closed_flag(&h);
+
+    let forked_from = text(&h, &headers::STREAM_FORKED_FROM)?;
+    let fork_offset = text(&h, &headers::STREAM_FORK_OFFSET)?;
+    let sub_offset = text(&h, &headers::STREAM_FORK_SUB_OFFSET)?;
+    let fork = match forked_from {
+        None if fork_offset.is_some() || sub_offset.is_some() => {
+            return Err(ApiError::bad_request("fork_headers_invalid", ForkError::NotAFork.to_string()));
+        }
+        None => None,
+        Some(src) => {
+            let source = source_name(st, src)?;
+            let offset = fork_offset
+                .map(|o| Offset::parse(o).map_err(|e| ApiError::bad_request("fork_offset_invalid", e.to_string())))
+                .transpose()?;
+            let sub_offset = sub_offset
+                .map(|s| parse_sub_offset(s).map_err(|e| ApiError::bad_request("fork_sub_offset_invalid", e.to_string())))
+                .transpose()?
+                .unwrap_or(0);
+            Some(ForkRequest {
+                source,
+                offset,
+                sub_offset,
+            })
+        }
+    };
+
+    // The body's framing depends on the stream's type: for a fork without
+    // an explicit type that is the source's.
+    let effective_ct = match (&ct, &fork) {
+        (Some(ct), _) => Some(ct.clone()),
+        (None, Some(f)) if !body.is_empty() => match st.storage.head(&f.source).await {
+            Ok(info) => Some(info.content_type),
+            Err(StorageError::Gone) => return Err(StorageError::SourceGone.into()),
+            Err(StorageError::NotFound) => return Err(StorageError::SourceNotFound.into()),
+            Err(e) => return Err(e.into()),
+        },
+        _ => None,
+    };
+    let body = if body.is_empty() {
+        Body::Empty
+    } else if effective_ct.as_ref().is_some_and(ContentType::is_json) {
+        Body::Json(Ok(split_messages(&body, true)
+            .map_err(|e| ApiError::bad_request("json_invalid", e.to_string()))?))
+    } else {
+        Body::Bytes(body)
+    };
+
+    let out = st
+        .storage
+        .create(CreateRequest {
+            name: name.clone(),
+            content_type: ct,
+            expiry,
+            closed,
+            body,
+            fork,
+        })
+        .await?;
+    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut resp = status.into_response();
+    let rh = resp.headers_mut();
+    ct_header(rh, &out.info.content_type);
+    set(rh, headers::STREAM_NEXT_OFFSET, out.info.tail);
+    if out.info.closed {
+        set(rh, headers::STREAM_CLOSED, "true");
+    }
+    if out.created {
+        let root = st.config.stream_root.trim_end_matches('/');
+        set(rh, header::LOCATION, format!("{}{root}/{}", base_url(st, &h), url_path(name.as_str())));
+    }
+    Ok(resp)
+}
+
+async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Response, ApiError> {
+    let h = req.headers();
+    let producer = ProducerHeaders::from_headers(
+        text(h, &headers::PRODUCER_ID)?,
+        text(h, &headers::PRODUCER_EPOCH)?,
+        text(h, &headers::PRODUCER_SEQ)?,
+    )
+    .map_err(|e| ApiError::bad_request("producer_headers_invalid", e.to_string()))?;
+    let stream_seq = match text(h, &headers::STREAM_SEQ)? {
+        Some(s) if !valid_stream_seq(s) => {
+            return Err(ApiError::bad_request("stream_seq_invalid", "Stream-Seq must be a non-empty token"));
+        }
+        other => other.map(str::to_owned),
+    };
+    let close = closed_flag(h);
+    let (h, body) = body_bytes(st.config.max_body_bytes, req).await?;
+    // An unparseable Content-Type on a close-only request is ignored.
+    let ct = match content_type(&h) {
+        Ok(ct) => ct,
+        Err(_) if body.is_empty() => None,
+        Err(e) => return Err(e),
+    };
+    let body = if body.is_empty() {
+        Body::Empty
+    } else if ct.as_ref().is_some_and(ContentType::is_json) {
+        Body::Json(split_messages(&body, false))
+    } else {
+        Body::Bytes(body)
+    };
+    let had_producer = producer.is_some();
+    let out = st
+        .storage
+        .append(
+            &name,
+            AppendRequest {
+                content_type: ct,
+                body,
+                close,
+                stream_seq,
+                producer,
+            },
+        )
+        .await?;
+    let tail = out.tail.to_string();
+    let ack = out.result.map_err(|r| rejection(r, &tail, out.closed))?;
+    let (status, producer) = match ack {
+        AppendAck::Appended { producer } if had_producer => (StatusCode::OK, producer),
+        AppendAck::Appended { producer } => (StatusCode::NO_CONTENT, producer),
+        AppendAck::Duplicate { producer } => (StatusCode::NO_CONTENT, Some(producer)),
+        AppendAck::AlreadyClosed => (StatusCode::NO_CONTENT, None),
+    };
+    let mut resp = status.into_response();
+    let rh = resp.headers_mut();
+    set(rh, headers::STREAM_NEXT_OFFSET, &tail);
+    if out.closed {
+        set(rh, headers::STREAM_CLOSED, "true");
+    }
+    if let Some(p) = producer {
+        set(rh, headers::PRODUCER_EPOCH, p.epoch);
+        set(rh, headers::PRODUCER_SEQ, p.last_seq);
+    }
+    Ok(resp)
+}
+
+async fn head(st: &AppState, name: StreamName) -> Result<Response, ApiError> {
+    let info = st.storage.head(&name).await?;
+    let mut resp = StatusCode::OK.into_response();
+    let rh = resp.headers_mut();
+    meta_headers(rh, &info);
+    set(rh, header::CACHE_CONTROL, "no-store");
+    Ok(resp)
+}
+
+fn meta_headers(rh: &mut HeaderMap, info: &StreamInfo) {
+    ct_header(rh, &info.content_type);
+    set(rh, headers::STREAM_NEXT_OFFSET, info.tail);
+    match info.expiry {
+        Expiry::Ttl { secs } => set(rh, headers::STREAM_TTL, secs),
+        Expiry::At { unix_ms } => set(rh, headers::STREAM_EXPIRES_AT, Expiry::format_expires_at(unix_ms)),
+        Expiry::Never => {}
+    }
+    if info.closed {
+        set(rh, headers::STREAM_CLOSED, "true");
+    }
+}
+
+async fn delete(st: &AppState, name: StreamName) -> Result<Response, ApiError> {
+    st.storage.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn read(st: &AppState, name: StreamName, req: Request) -> Result<Response, ApiError> {
+    let q = ReadQuery::parse(req.uri().query())?;
+    match q.live {
+        Live::No => {}
+        Live::LongPoll | Live::Sse if q.offset.is_none() => {
+            return Err(ApiError::bad_request("offset_required", "live reads require the offset parameter"));
+        }
+        Live::LongPoll => return live::long_poll(st, name, q).await,
+        Live::Sse => return live::sse(st, name, q).await,
+    }
+    let from = q.offset.unwrap_or(ReadFrom::Start);
+    let chunk = st.storage.read(&name, from, st.config.max_read_bytes).await?;
+    let now = from == ReadFrom::Now;
+    let etag = etag(&chunk);
+    if !now && if_none_match(req.headers(), &etag) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        set(resp.headers_mut(), header::ETAG, &etag);
+        return Ok(resp);
+    }
+    let mut resp = data_response(st, &chunk, StatusCode::OK);
+    let rh = resp.headers_mut();
+    if now {
+        set(rh, header::CACHE_CONTROL, "no-store");
+    } else {
+        set(rh, header::ETAG, &etag);
+        let cacheable = !chunk.pieces.is_empty() || chunk.at_eof();
+        set(rh, header::CACHE_CONTROL, cache_control(st, cacheable));
+    }
+    Ok(resp)
+}
+
+pub(crate) fn cache_control(st: &AppState, cacheable: bool) -> &'static str {
+    use crate::config::CacheVisibility;
+    match (cacheable, st.config.cache_visibility) {
+        (false, _) => "no-store",
+        (true, CacheVisibility::Public) => "public, max-age=60, stale-while-revalidate=300",
+        (true, CacheVisibility::Private) => "private, max-age=60, stale-while-revalidate=300",
+    }
+}
+
+/// `"{stream id}:{start}:{end}"`, with `:c` once the stream is closed and
+/// the response reaches its end, so closure always changes the tag.
+pub(crate) fn etag(c: &ReadChunk) -> String {
+    let closed = if c.at_eof() { ":c" } else { "" };
+    format!("\"{}:{}:{}{closed}\"", c.info.id, c.start.pos, c.next.pos)
+}
+
+fn if_none_match(h: &HeaderMap, etag: &str) -> bool {
+    h.get_all(header::IF_NONE_MATCH).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t == etag || t.strip_prefix("W/") == Some(etag)
+            })
+        })
+    })
+}
+
+/// A `200` (or other) response carrying a read's data and headers.
+pub(crate) fn data_response(_st: &AppState, c: &ReadChunk, status: StatusCode) -> Response {
+    let body = if c.info.content_type.is_json() {
+        let mut out = Vec::with_capacity(c.byte_len() + c.pieces.len() + 2);
+        weir_core::json::wrap_array(c.pieces.iter().map(|p| &p[..]), &mut out);
+        Bytes::from(out)
+    } else if c.pieces.len() == 1 {
+        c.pieces[0].clone()
+    } else {
+        Bytes::from(c.pieces.concat())
+    };
+    let mut resp = (status, HttpBody::from(body)).into_response();
+    let rh = resp.headers_mut();
+    ct_header(rh, &c.info.content_type);
+    set(rh, headers::STREAM_NEXT_OFFSET, c.next);
+    if c.up_to_date {
+        set(rh, headers::STREAM_UP_TO_DATE, "true");
+    }
+    if c.at_eof() {
+        set(rh, headers::STREAM_CLOSED, "true");
+    }
+    resp
+}

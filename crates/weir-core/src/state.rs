@@ -90,8 +90,14 @@ impl StreamMeta {
         out
     }
 
-    /// The offset this stream reports for `pos`.
+    /// The offset this stream reports for `pos`. Position 0 is the same
+    /// token, all zeros, on every stream: the beginning of a stream is the
+    /// beginning in every incarnation, and clients (the conformance suite
+    /// included) construct it to mean "fork/read from the start".
     pub fn offset_at(&self, pos: u64) -> Offset {
+        if pos == 0 {
+            return Offset::new(0, 0);
+        }
         let id = self
             .lineage
             .iter()
@@ -158,7 +164,8 @@ mod tests {
     fn fork_offsets_stitch() {
         let root = meta(3, StreamMeta::root_lineage(3));
         let f1 = meta(7, StreamMeta::fork_lineage(&root.lineage, 10, 7));
-        assert_eq!(f1.offset_at(0), Offset::new(3, 0));
+        assert_eq!(f1.offset_at(0), Offset::new(0, 0));
+        assert_eq!(f1.offset_at(1), Offset::new(3, 1));
         assert_eq!(f1.offset_at(10), Offset::new(3, 10));
         assert_eq!(f1.offset_at(11), Offset::new(7, 11));
         let f2 = meta(9, StreamMeta::fork_lineage(&f1.lineage, 5, 9));

@@ -280,7 +280,7 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     let tail = out.tail.to_string();
     let ack = out.result.map_err(|r| rejection(r, &tail, out.closed))?;
     let (status, producer) = match ack {
-        AppendAck::Appended { producer } if had_producer => (StatusCode::OK, producer),
+        AppendAck::Appended { producer } if had_producer && out.bytes > 0 => (StatusCode::OK, producer),
         AppendAck::Appended { producer } => (StatusCode::NO_CONTENT, producer),
         AppendAck::Duplicate { producer } => (StatusCode::NO_CONTENT, Some(producer)),
         AppendAck::AlreadyClosed => (StatusCode::NO_CONTENT, None),

@@ -99,7 +99,10 @@ pub enum AppendDecision {
     /// Write this.
     Commit(Commit),
     /// A producer retry of data already in the stream: `204`, nothing written.
-    Duplicate { producer: ProducerState, closed: bool },
+    Duplicate {
+        producer: ProducerState,
+        closed: bool,
+    },
     /// Close-only request on a stream that is already closed: `204`.
     AlreadyClosed,
 }
@@ -147,16 +150,25 @@ pub fn decide(
     if state.closed {
         if let Some(p) = &req.producer {
             if state.closed_by.as_ref() == Some(p) {
-                let producer = state.producers.get(&p.id).copied().unwrap_or(ProducerState {
-                    epoch: p.epoch,
-                    last_seq: p.seq,
+                let producer = state
+                    .producers
+                    .get(&p.id)
+                    .copied()
+                    .unwrap_or(ProducerState {
+                        epoch: p.epoch,
+                        last_seq: p.seq,
+                    });
+                return Ok(AppendDecision::Duplicate {
+                    producer,
+                    closed: true,
                 });
-                return Ok(AppendDecision::Duplicate { producer, closed: true });
             }
             if let Some(cur) = state.producers.get(&p.id)
                 && p.epoch < cur.epoch
             {
-                return Err(AppendRejection::StaleEpoch { current_epoch: cur.epoch });
+                return Err(AppendRejection::StaleEpoch {
+                    current_epoch: cur.epoch,
+                });
             }
         }
         if req.close && empty {
@@ -221,7 +233,11 @@ pub fn decide(
     Ok(AppendDecision::Commit(Commit {
         entries,
         close: req.close,
-        closed_by: if req.close { req.producer.clone() } else { None },
+        closed_by: if req.close {
+            req.producer.clone()
+        } else {
+            None
+        },
         producer: producer_next,
         stream_seq: req.stream_seq.clone(),
     }))
@@ -287,7 +303,11 @@ mod tests {
         assert_eq!(decide(&m, &s, &req(b"x")), Err(AppendRejection::Closed));
         let mut wrong_ct = req(b"x");
         wrong_ct.content_type = ContentType::parse("application/json");
-        assert_eq!(decide(&m, &s, &wrong_ct), Err(AppendRejection::Closed), "closed wins over content type");
+        assert_eq!(
+            decide(&m, &s, &wrong_ct),
+            Err(AppendRejection::Closed),
+            "closed wins over content type"
+        );
     }
 
     #[test]
@@ -303,7 +323,10 @@ mod tests {
         let mut close_only = req(b"");
         close_only.close = true;
         close_only.content_type = ContentType::parse("application/json");
-        assert!(decide(&m, &s, &close_only).is_ok(), "close-only ignores content type");
+        assert!(
+            decide(&m, &s, &close_only).is_ok(),
+            "close-only ignores content type"
+        );
     }
 
     #[test]
@@ -314,9 +337,15 @@ mod tests {
         r.stream_seq = Some("2".into());
         commit(decide(&m, &s, &r)).apply(&mut s);
         r.stream_seq = Some("10".into());
-        assert!(matches!(decide(&m, &s, &r), Err(AppendRejection::SeqRegression { .. })));
+        assert!(matches!(
+            decide(&m, &s, &r),
+            Err(AppendRejection::SeqRegression { .. })
+        ));
         r.stream_seq = Some("2".into());
-        assert!(matches!(decide(&m, &s, &r), Err(AppendRejection::SeqRegression { .. })));
+        assert!(matches!(
+            decide(&m, &s, &r),
+            Err(AppendRejection::SeqRegression { .. })
+        ));
         r.stream_seq = Some("3".into());
         assert!(decide(&m, &s, &r).is_ok());
     }
@@ -334,7 +363,10 @@ mod tests {
         let mut retry = req(b"other");
         retry.close = true;
         retry.producer = prod(0, 0);
-        assert!(matches!(decide(&m, &s, &retry), Ok(AppendDecision::Duplicate { closed: true, .. })));
+        assert!(matches!(
+            decide(&m, &s, &retry),
+            Ok(AppendDecision::Duplicate { closed: true, .. })
+        ));
         retry.producer = prod(0, 1);
         assert_eq!(decide(&m, &s, &retry), Err(AppendRejection::Closed));
         // A bumped epoch recorded before close makes older epochs stale.
@@ -344,7 +376,10 @@ mod tests {
         commit(decide(&m, &s2, &r)).apply(&mut s2);
         s2.closed = true;
         r.producer = prod(1, 0);
-        assert_eq!(decide(&m, &s2, &r), Err(AppendRejection::StaleEpoch { current_epoch: 3 }));
+        assert_eq!(
+            decide(&m, &s2, &r),
+            Err(AppendRejection::StaleEpoch { current_epoch: 3 })
+        );
     }
 
     #[test]
@@ -355,7 +390,10 @@ mod tests {
         r.producer = prod(0, 0);
         r.stream_seq = Some("5".into());
         commit(decide(&m, &s, &r)).apply(&mut s);
-        assert!(matches!(decide(&m, &s, &r), Ok(AppendDecision::Duplicate { .. })));
+        assert!(matches!(
+            decide(&m, &s, &r),
+            Ok(AppendDecision::Duplicate { .. })
+        ));
     }
 
     #[test]
@@ -369,6 +407,9 @@ mod tests {
             stream_seq: None,
             producer: None,
         };
-        assert_eq!(decide(&m, &s, &r), Err(AppendRejection::Json(JsonError::EmptyArray)));
+        assert_eq!(
+            decide(&m, &s, &r),
+            Err(AppendRejection::Json(JsonError::EmptyArray))
+        );
     }
 }

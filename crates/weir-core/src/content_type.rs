@@ -20,13 +20,17 @@ impl ContentType {
     /// are not `type/subtype[; params]`.
     pub fn parse(raw: &str) -> Option<ContentType> {
         let raw = raw.trim();
-        let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = raw
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         let (ty, sub) = essence.split_once('/')?;
         let token = |s: &str| {
             !s.is_empty()
-                && s.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b)
-                })
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
         };
         if !token(ty) || !token(sub) {
             return None;
@@ -94,6 +98,10 @@ mod tests {
     #[test]
     fn text_like() {
         assert!(ContentType::parse("text/plain").unwrap().is_text_like());
-        assert!(!ContentType::parse("application/x-protobuf").unwrap().is_text_like());
+        assert!(
+            !ContentType::parse("application/x-protobuf")
+                .unwrap()
+                .is_text_like()
+        );
     }
 }

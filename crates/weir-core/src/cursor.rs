@@ -11,10 +11,12 @@ pub const CURSOR_INTERVAL_MS: i64 = 20_000;
 /// answer jumps ahead by `jitter_secs` (1–3600 s, chosen by the caller) so it
 /// is strictly greater than what the client sent.
 pub fn next_cursor(now_ms: i64, client: Option<&str>, jitter_secs: u64) -> u64 {
-    let current = u64::try_from((now_ms - CURSOR_EPOCH_MS).max(0) / CURSOR_INTERVAL_MS).unwrap_or(0);
+    let current =
+        u64::try_from((now_ms - CURSOR_EPOCH_MS).max(0) / CURSOR_INTERVAL_MS).unwrap_or(0);
     match client.and_then(|c| c.parse::<u64>().ok()) {
         Some(c) if c >= current => {
-            let jitter_intervals = (jitter_secs.clamp(1, 3600) * 1000).div_ceil(CURSOR_INTERVAL_MS as u64);
+            let jitter_intervals =
+                (jitter_secs.clamp(1, 3600) * 1000).div_ceil(CURSOR_INTERVAL_MS as u64);
             c.saturating_add(jitter_intervals.max(1))
         }
         _ => current,

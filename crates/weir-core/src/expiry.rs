@@ -25,7 +25,9 @@ pub enum Expiry {
 /// Why a lifetime header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExpiryError {
-    #[error("Stream-TTL must be a non-negative decimal integer without sign, leading zeros or fraction")]
+    #[error(
+        "Stream-TTL must be a non-negative decimal integer without sign, leading zeros or fraction"
+    )]
     BadTtl,
     #[error("Stream-TTL is larger than {MAX_TTL_SECS} seconds")]
     TtlTooLarge,
@@ -37,7 +39,10 @@ pub enum ExpiryError {
 
 impl Expiry {
     /// Builds the lifetime from the two optional header values.
-    pub fn from_headers(ttl: Option<&str>, expires_at: Option<&str>) -> Result<Expiry, ExpiryError> {
+    pub fn from_headers(
+        ttl: Option<&str>,
+        expires_at: Option<&str>,
+    ) -> Result<Expiry, ExpiryError> {
         match (ttl, expires_at) {
             (Some(_), Some(_)) => Err(ExpiryError::Both),
             (Some(t), None) => parse_ttl(t).map(|secs| Expiry::Ttl { secs }),
@@ -51,16 +56,18 @@ impl Expiry {
     pub fn deadline_ms(&self, last_access_ms: i64) -> Option<i64> {
         match *self {
             Expiry::Never => None,
-            Expiry::Ttl { secs } => {
-                Some(last_access_ms.saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)))
-            }
+            Expiry::Ttl { secs } => Some(
+                last_access_ms
+                    .saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            ),
             Expiry::At { unix_ms } => Some(unix_ms),
         }
     }
 
     /// Whether the stream has expired at `now_ms`.
     pub fn is_expired(&self, last_access_ms: i64, now_ms: i64) -> bool {
-        self.deadline_ms(last_access_ms).is_some_and(|d| now_ms >= d)
+        self.deadline_ms(last_access_ms)
+            .is_some_and(|d| now_ms >= d)
     }
 
     /// Whether reads and writes push the deadline out.
@@ -115,10 +122,15 @@ mod tests {
     fn ttl_syntax() {
         assert_eq!(parse_ttl("0"), Ok(0));
         assert_eq!(parse_ttl("3600"), Ok(3600));
-        for bad in ["", "-1", "+3600", "03600", "3600.0", "3.6e3", "abc", " 1", "1 "] {
+        for bad in [
+            "", "-1", "+3600", "03600", "3600.0", "3.6e3", "abc", " 1", "1 ",
+        ] {
             assert_eq!(parse_ttl(bad), Err(ExpiryError::BadTtl), "{bad}");
         }
-        assert_eq!(parse_ttl("99999999999999999999999"), Err(ExpiryError::TtlTooLarge));
+        assert_eq!(
+            parse_ttl("99999999999999999999999"),
+            Err(ExpiryError::TtlTooLarge)
+        );
     }
 
     #[test]
@@ -132,7 +144,10 @@ mod tests {
 
     #[test]
     fn both_is_an_error() {
-        assert_eq!(Expiry::from_headers(Some("1"), Some("1970-01-01T00:00:01Z")), Err(ExpiryError::Both));
+        assert_eq!(
+            Expiry::from_headers(Some("1"), Some("1970-01-01T00:00:01Z")),
+            Err(ExpiryError::Both)
+        );
     }
 
     #[test]
@@ -149,7 +164,10 @@ mod tests {
     fn fork_table() {
         let ttl = Expiry::Ttl { secs: 5 };
         let at = Expiry::At { unix_ms: 9 };
-        assert_eq!(Expiry::for_fork(Expiry::Never, Expiry::Never), Expiry::Never);
+        assert_eq!(
+            Expiry::for_fork(Expiry::Never, Expiry::Never),
+            Expiry::Never
+        );
         assert_eq!(Expiry::for_fork(ttl, Expiry::Never), ttl);
         assert_eq!(Expiry::for_fork(Expiry::Never, ttl), ttl);
         assert_eq!(Expiry::for_fork(Expiry::Never, at), at);

@@ -70,12 +70,21 @@ mod tests {
     #[test]
     fn resolves() {
         assert_eq!(resolve(10, 0, &Remaining::Nothing), Ok(10));
-        assert_eq!(resolve(10, 1, &Remaining::Nothing), Err(ForkError::SubOffsetOvershoot));
+        assert_eq!(
+            resolve(10, 1, &Remaining::Nothing),
+            Err(ForkError::SubOffsetOvershoot)
+        );
         assert_eq!(resolve(10, 4, &Remaining::Bytes(4)), Ok(14));
-        assert_eq!(resolve(10, 5, &Remaining::Bytes(4)), Err(ForkError::SubOffsetOvershoot));
+        assert_eq!(
+            resolve(10, 5, &Remaining::Bytes(4)),
+            Err(ForkError::SubOffsetOvershoot)
+        );
         assert_eq!(resolve(10, 2, &Remaining::Messages(vec![3, 4, 5])), Ok(17));
         assert_eq!(resolve(10, 3, &Remaining::Messages(vec![3, 4, 5])), Ok(22));
-        assert_eq!(resolve(10, 4, &Remaining::Messages(vec![3, 4, 5])), Err(ForkError::SubOffsetOvershoot));
+        assert_eq!(
+            resolve(10, 4, &Remaining::Messages(vec![3, 4, 5])),
+            Err(ForkError::SubOffsetOvershoot)
+        );
         assert_eq!(parse_sub_offset("-1"), Err(ForkError::BadSubOffset));
         assert_eq!(parse_sub_offset("abc"), Err(ForkError::BadSubOffset));
         assert_eq!(parse_sub_offset("1.5"), Err(ForkError::BadSubOffset));

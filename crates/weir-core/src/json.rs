@@ -36,13 +36,18 @@ pub fn split_messages(body: &Bytes, allow_empty_array: bool) -> Result<Vec<Bytes
     check_depth(text.as_bytes())?;
     let trimmed = text.trim_start_matches([' ', '\t', '\n', '\r']);
     if trimmed.starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| JsonError::Invalid(e.to_string()))?;
+        let items: Vec<&RawValue> =
+            serde_json::from_str(text).map_err(|e| JsonError::Invalid(e.to_string()))?;
         if items.is_empty() && !allow_empty_array {
             return Err(JsonError::EmptyArray);
         }
-        Ok(items.into_iter().map(|raw| slice_of(body, text, raw.get())).collect())
+        Ok(items
+            .into_iter()
+            .map(|raw| slice_of(body, text, raw.get()))
+            .collect())
     } else {
-        let raw: &RawValue = serde_json::from_str(text).map_err(|e| JsonError::Invalid(e.to_string()))?;
+        let raw: &RawValue =
+            serde_json::from_str(text).map_err(|e| JsonError::Invalid(e.to_string()))?;
         Ok(vec![slice_of(body, text, raw.get())])
     }
 }
@@ -103,20 +108,33 @@ mod tests {
     use proptest::prelude::*;
 
     fn split(s: &str) -> Result<Vec<String>, JsonError> {
-        split_messages(&Bytes::copy_from_slice(s.as_bytes()), false)
-            .map(|v| v.into_iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect())
+        split_messages(&Bytes::copy_from_slice(s.as_bytes()), false).map(|v| {
+            v.into_iter()
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
+                .collect()
+        })
     }
 
     #[test]
     fn flattening_rules() {
-        assert_eq!(split(r#"{"event": "created"}"#).unwrap(), vec![r#"{"event": "created"}"#]);
-        assert_eq!(split(r#"[{"a":1}, {"b":2}]"#).unwrap(), vec![r#"{"a":1}"#, r#"{"b":2}"#]);
+        assert_eq!(
+            split(r#"{"event": "created"}"#).unwrap(),
+            vec![r#"{"event": "created"}"#]
+        );
+        assert_eq!(
+            split(r#"[{"a":1}, {"b":2}]"#).unwrap(),
+            vec![r#"{"a":1}"#, r#"{"b":2}"#]
+        );
         assert_eq!(split("[[1,2], [3,4]]").unwrap(), vec!["[1,2]", "[3,4]"]);
         assert_eq!(split("[[[1,2,3]]]").unwrap(), vec!["[[1,2,3]]"]);
         assert_eq!(split(" 42 ").unwrap(), vec!["42"]);
         assert_eq!(split(r#""s""#).unwrap(), vec![r#""s""#]);
         assert_eq!(split("[]"), Err(JsonError::EmptyArray));
-        assert!(split_messages(&Bytes::from_static(b"[]"), true).unwrap().is_empty());
+        assert!(
+            split_messages(&Bytes::from_static(b"[]"), true)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

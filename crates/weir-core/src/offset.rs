@@ -27,7 +27,9 @@ pub const OFFSET_LEN: usize = HALF * 2 + 1;
 pub const MAX_HALF: u64 = 9_999_999_999_999_999;
 
 /// A concrete stream offset (never one of the sentinels `-1` / `now`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Offset {
     /// Incarnation id of the stream that minted this position.
     pub id: u64,

@@ -44,7 +44,10 @@ impl ProducerHeaders {
         match (id, epoch, seq) {
             (None, None, None) => Ok(None),
             (Some(id), Some(epoch), Some(seq)) => {
-                if id.is_empty() || id.len() > MAX_PRODUCER_ID_LEN || id.chars().any(char::is_control) {
+                if id.is_empty()
+                    || id.len() > MAX_PRODUCER_ID_LEN
+                    || id.chars().any(char::is_control)
+                {
                     return Err(ProducerHeaderError::BadId);
                 }
                 let epoch = parse_safe_int(epoch).ok_or(ProducerHeaderError::BadEpoch)?;
@@ -100,7 +103,10 @@ impl ProducerState {
             // (in any epoch: that is how auto-claim works after state expiry).
             return if h.seq == 0 {
                 ProducerCheck::Accept {
-                    next: ProducerState { epoch: h.epoch, last_seq: 0 },
+                    next: ProducerState {
+                        epoch: h.epoch,
+                        last_seq: 0,
+                    },
                 }
             } else {
                 ProducerCheck::Gap {
@@ -110,12 +116,17 @@ impl ProducerState {
             };
         };
         if h.epoch < s.epoch {
-            return ProducerCheck::StaleEpoch { current_epoch: s.epoch };
+            return ProducerCheck::StaleEpoch {
+                current_epoch: s.epoch,
+            };
         }
         if h.epoch > s.epoch {
             return if h.seq == 0 {
                 ProducerCheck::Accept {
-                    next: ProducerState { epoch: h.epoch, last_seq: 0 },
+                    next: ProducerState {
+                        epoch: h.epoch,
+                        last_seq: 0,
+                    },
                 }
             } else {
                 ProducerCheck::EpochSeqNotZero
@@ -163,7 +174,16 @@ mod tests {
             ProducerHeaders::from_headers(Some(""), Some("0"), Some("0")),
             Err(ProducerHeaderError::BadId)
         );
-        for bad in ["1abc", "0xyz", "1e3", "-1", "", " 1", "9007199254740992", "+1"] {
+        for bad in [
+            "1abc",
+            "0xyz",
+            "1e3",
+            "-1",
+            "",
+            " 1",
+            "9007199254740992",
+            "+1",
+        ] {
             assert_eq!(
                 ProducerHeaders::from_headers(Some("p"), Some(bad), Some("0")),
                 Err(ProducerHeaderError::BadEpoch),
@@ -181,16 +201,51 @@ mod tests {
 
     #[test]
     fn protocol_table() {
-        let s = Some(ProducerState { epoch: 1, last_seq: 5 });
-        assert_eq!(ProducerState::check(s, &h(0, 9)), ProducerCheck::StaleEpoch { current_epoch: 1 });
-        assert_eq!(ProducerState::check(s, &h(2, 1)), ProducerCheck::EpochSeqNotZero);
-        assert!(matches!(ProducerState::check(s, &h(2, 0)), ProducerCheck::Accept { next } if next == ProducerState { epoch: 2, last_seq: 0 }));
-        assert!(matches!(ProducerState::check(s, &h(1, 5)), ProducerCheck::Duplicate { .. }));
-        assert!(matches!(ProducerState::check(s, &h(1, 0)), ProducerCheck::Duplicate { .. }));
-        assert!(matches!(ProducerState::check(s, &h(1, 6)), ProducerCheck::Accept { .. }));
-        assert_eq!(ProducerState::check(s, &h(1, 8)), ProducerCheck::Gap { expected: 6, received: 8 });
-        assert!(matches!(ProducerState::check(None, &h(7, 0)), ProducerCheck::Accept { .. }));
-        assert_eq!(ProducerState::check(None, &h(0, 3)), ProducerCheck::Gap { expected: 0, received: 3 });
+        let s = Some(ProducerState {
+            epoch: 1,
+            last_seq: 5,
+        });
+        assert_eq!(
+            ProducerState::check(s, &h(0, 9)),
+            ProducerCheck::StaleEpoch { current_epoch: 1 }
+        );
+        assert_eq!(
+            ProducerState::check(s, &h(2, 1)),
+            ProducerCheck::EpochSeqNotZero
+        );
+        assert!(
+            matches!(ProducerState::check(s, &h(2, 0)), ProducerCheck::Accept { next } if next == ProducerState { epoch: 2, last_seq: 0 })
+        );
+        assert!(matches!(
+            ProducerState::check(s, &h(1, 5)),
+            ProducerCheck::Duplicate { .. }
+        ));
+        assert!(matches!(
+            ProducerState::check(s, &h(1, 0)),
+            ProducerCheck::Duplicate { .. }
+        ));
+        assert!(matches!(
+            ProducerState::check(s, &h(1, 6)),
+            ProducerCheck::Accept { .. }
+        ));
+        assert_eq!(
+            ProducerState::check(s, &h(1, 8)),
+            ProducerCheck::Gap {
+                expected: 6,
+                received: 8
+            }
+        );
+        assert!(matches!(
+            ProducerState::check(None, &h(7, 0)),
+            ProducerCheck::Accept { .. }
+        ));
+        assert_eq!(
+            ProducerState::check(None, &h(0, 3)),
+            ProducerCheck::Gap {
+                expected: 0,
+                received: 3
+            }
+        );
     }
 
     proptest! {

@@ -82,7 +82,10 @@ impl StreamMeta {
             if span.upto < position {
                 out.push(*span);
             } else {
-                out.push(LineageSpan { id: span.id, upto: position });
+                out.push(LineageSpan {
+                    id: span.id,
+                    upto: position,
+                });
                 break;
             }
         }

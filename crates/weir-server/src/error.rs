@@ -3,7 +3,7 @@
 //! protocol headers the status needs (`Stream-Closed`, `Producer-Epoch`, …).
 
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use weir_core::append::AppendRejection;
 use weir_core::fork::ForkError;
@@ -17,7 +17,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
-    pub headers: HeaderMap,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -36,7 +36,7 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -45,13 +45,17 @@ impl ApiError {
     }
 
     pub fn not_found() -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "stream_not_found", "no stream exists at this URL")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "stream_not_found",
+            "no stream exists at this URL",
+        )
     }
 
     /// Adds a response header.
     pub fn with_header(mut self, name: HeaderName, value: impl ToString) -> ApiError {
         if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
-            self.headers.insert(name, v);
+            self.headers.push((name, v));
         }
         self
     }
@@ -73,7 +77,9 @@ impl IntoResponse for ApiError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        resp.headers_mut().extend(self.headers);
+        for (k, v) in self.headers {
+            resp.headers_mut().insert(k, v);
+        }
         resp
     }
 }
@@ -111,9 +117,9 @@ impl From<StorageError> for ApiError {
 
 fn fork_code(f: &ForkError) -> &'static str {
     match f {
-        ForkError::BadSubOffset | ForkError::SubOffsetOvershoot | ForkError::SubOffsetWithoutOffset => {
-            "fork_sub_offset_invalid"
-        }
+        ForkError::BadSubOffset
+        | ForkError::SubOffsetOvershoot
+        | ForkError::SubOffsetWithoutOffset => "fork_sub_offset_invalid",
         ForkError::BeyondTail | ForkError::ForeignOffset => "fork_offset_invalid",
         ForkError::NotAFork | ForkError::BadSource => "fork_headers_invalid",
     }
@@ -126,17 +132,27 @@ pub fn rejection(r: AppendRejection, tail: &str, closed: bool) -> ApiError {
     let err = match r {
         AppendRejection::EmptyBody => ApiError::new(S::BAD_REQUEST, "body_empty", detail),
         AppendRejection::Closed => ApiError::new(S::CONFLICT, "stream_closed", detail),
-        AppendRejection::MissingContentType => ApiError::new(S::BAD_REQUEST, "content_type_missing", detail),
-        AppendRejection::ContentTypeMismatch { .. } => ApiError::new(S::CONFLICT, "content_type_mismatch", detail),
-        AppendRejection::SeqRegression { .. } => ApiError::new(S::CONFLICT, "stream_seq_regression", detail),
+        AppendRejection::MissingContentType => {
+            ApiError::new(S::BAD_REQUEST, "content_type_missing", detail)
+        }
+        AppendRejection::ContentTypeMismatch { .. } => {
+            ApiError::new(S::CONFLICT, "content_type_mismatch", detail)
+        }
+        AppendRejection::SeqRegression { .. } => {
+            ApiError::new(S::CONFLICT, "stream_seq_regression", detail)
+        }
         AppendRejection::StaleEpoch { current_epoch } => {
             ApiError::new(S::FORBIDDEN, "producer_epoch_stale", detail)
                 .with_header(headers::PRODUCER_EPOCH, current_epoch)
         }
-        AppendRejection::EpochSeqNotZero => ApiError::new(S::BAD_REQUEST, "producer_epoch_seq_not_zero", detail),
-        AppendRejection::SeqGap { expected, received } => ApiError::new(S::CONFLICT, "producer_seq_gap", detail)
-            .with_header(headers::PRODUCER_EXPECTED_SEQ, expected)
-            .with_header(headers::PRODUCER_RECEIVED_SEQ, received),
+        AppendRejection::EpochSeqNotZero => {
+            ApiError::new(S::BAD_REQUEST, "producer_epoch_seq_not_zero", detail)
+        }
+        AppendRejection::SeqGap { expected, received } => {
+            ApiError::new(S::CONFLICT, "producer_seq_gap", detail)
+                .with_header(headers::PRODUCER_EXPECTED_SEQ, expected)
+                .with_header(headers::PRODUCER_RECEIVED_SEQ, received)
+        }
         AppendRejection::Json(_) => ApiError::new(S::BAD_REQUEST, "json_invalid", detail),
     };
     let err = err.with_header(headers::STREAM_NEXT_OFFSET, tail);

@@ -15,7 +15,8 @@ pub const STREAM_SEQ: HeaderName = HeaderName::from_static("stream-seq");
 pub const STREAM_FORKED_FROM: HeaderName = HeaderName::from_static("stream-forked-from");
 pub const STREAM_FORK_OFFSET: HeaderName = HeaderName::from_static("stream-fork-offset");
 pub const STREAM_FORK_SUB_OFFSET: HeaderName = HeaderName::from_static("stream-fork-sub-offset");
-pub const STREAM_SSE_DATA_ENCODING: HeaderName = HeaderName::from_static("stream-sse-data-encoding");
+pub const STREAM_SSE_DATA_ENCODING: HeaderName =
+    HeaderName::from_static("stream-sse-data-encoding");
 pub const PRODUCER_ID: HeaderName = HeaderName::from_static("producer-id");
 pub const PRODUCER_EPOCH: HeaderName = HeaderName::from_static("producer-epoch");
 pub const PRODUCER_SEQ: HeaderName = HeaderName::from_static("producer-seq");
@@ -37,10 +38,12 @@ producer-seq, x-request-id, traceparent, tracestate";
 pub fn text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
     match h.get(name) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request("header_invalid", format!("header {name} is not visible ASCII"))),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            ApiError::bad_request(
+                "header_invalid",
+                format!("header {name} is not visible ASCII"),
+            )
+        }),
     }
 }
 

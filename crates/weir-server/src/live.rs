@@ -59,16 +59,27 @@ async fn wait(watch: &mut TailWatch, deadline: Instant) -> bool {
     }
 }
 
-pub async fn long_poll(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Response, ApiError> {
+pub async fn long_poll(
+    st: &AppState,
+    name: StreamName,
+    q: ReadQuery,
+) -> Result<Response, ApiError> {
     let mut watch = st.storage.watch(&name).await?;
     let deadline = Instant::now() + st.config.long_poll_timeout;
     let mut from = q.offset.unwrap_or(ReadFrom::Start);
     loop {
-        let chunk = st.storage.read(&name, from, st.config.max_read_bytes).await?;
+        let chunk = st
+            .storage
+            .read(&name, from, st.config.max_read_bytes)
+            .await?;
         if !chunk.pieces.is_empty() {
             let mut resp = data_response(st, &chunk, StatusCode::OK);
             if !chunk.at_eof() {
-                set(&mut resp, headers::STREAM_CURSOR, &cursor(q.cursor.as_deref()));
+                set(
+                    &mut resp,
+                    headers::STREAM_CURSOR,
+                    &cursor(q.cursor.as_deref()),
+                );
             }
             set(&mut resp, header::ETAG, &etag(&chunk));
             set(&mut resp, header::CACHE_CONTROL, cache_control(st, true));
@@ -87,7 +98,11 @@ pub async fn long_poll(st: &AppState, name: StreamName, q: ReadQuery) -> Result<
 /// `204 No Content` for a long-poll that found no data.
 fn empty_poll(chunk: &ReadChunk, cursor: Option<String>) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    set(&mut resp, headers::STREAM_NEXT_OFFSET, &chunk.next.to_string());
+    set(
+        &mut resp,
+        headers::STREAM_NEXT_OFFSET,
+        &chunk.next.to_string(),
+    );
     set(&mut resp, headers::STREAM_UP_TO_DATE, "true");
     if chunk.info.closed {
         set(&mut resp, headers::STREAM_CLOSED, "true");
@@ -136,7 +151,11 @@ pub async fn sse(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Respon
     let watch = st.storage.watch(&name).await?;
     let first = st
         .storage
-        .read(&name, q.offset.unwrap_or(ReadFrom::Start), st.config.max_read_bytes)
+        .read(
+            &name,
+            q.offset.unwrap_or(ReadFrom::Start),
+            st.config.max_read_bytes,
+        )
         .await?;
     let ct = &first.info.content_type;
     let encoding = if ct.is_json() {
@@ -165,7 +184,11 @@ pub async fn sse(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Respon
     let mut resp = (StatusCode::OK, HttpBody::from_stream(stream)).into_response();
     set(&mut resp, header::CONTENT_TYPE, "text/event-stream");
     set(&mut resp, header::CACHE_CONTROL, "no-cache");
-    set(&mut resp, http::HeaderName::from_static("x-accel-buffering"), "no");
+    set(
+        &mut resp,
+        http::HeaderName::from_static("x-accel-buffering"),
+        "no",
+    );
     if matches!(encoding, Encoding::Base64) {
         set(&mut resp, headers::STREAM_SSE_DATA_ENCODING, "base64");
     }
@@ -180,7 +203,12 @@ async fn next_frame(s: &mut SseState) -> Option<Bytes> {
         }
         let chunk = match s.pending.take() {
             Some(c) => c,
-            None => s.st.storage.read(&s.name, s.from, s.st.config.max_read_bytes).await.ok()?,
+            None => {
+                s.st.storage
+                    .read(&s.name, s.from, s.st.config.max_read_bytes)
+                    .await
+                    .ok()?
+            }
         };
         s.from = ReadFrom::At(chunk.next);
         let eof = chunk.at_eof();
@@ -234,7 +262,11 @@ fn data_event(out: &mut BytesMut, enc: Encoding, c: &ReadChunk) {
         Encoding::Base64 => {
             let body = c.pieces.concat();
             out.put_slice(b"data:");
-            out.put_slice(base64::engine::general_purpose::STANDARD.encode(&body).as_bytes());
+            out.put_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(&body)
+                    .as_bytes(),
+            );
             out.put_slice(b"\n");
         }
     }

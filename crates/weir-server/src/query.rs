@@ -32,15 +32,22 @@ impl ReadQuery {
             match k.as_ref() {
                 "offset" => {
                     if offset.is_some() {
-                        return Err(ApiError::bad_request("offset_invalid", "offset must be given at most once"));
+                        return Err(ApiError::bad_request(
+                            "offset_invalid",
+                            "offset must be given at most once",
+                        ));
                     }
                     offset = Some(
-                        ReadFrom::parse(&v).map_err(|e| ApiError::bad_request("offset_invalid", e.to_string()))?,
+                        ReadFrom::parse(&v)
+                            .map_err(|e| ApiError::bad_request("offset_invalid", e.to_string()))?,
                     );
                 }
                 "live" => {
                     if live.is_some() {
-                        return Err(ApiError::bad_request("live_mode_invalid", "live must be given at most once"));
+                        return Err(ApiError::bad_request(
+                            "live_mode_invalid",
+                            "live must be given at most once",
+                        ));
                     }
                     live = Some(match v.as_ref() {
                         "long-poll" => Live::LongPoll,
@@ -49,7 +56,10 @@ impl ReadQuery {
                         other => {
                             return Err(ApiError::bad_request(
                                 "live_mode_invalid",
-                                format!("unknown live mode `{}`; use `long-poll` or `sse`", other.escape_debug()),
+                                format!(
+                                    "unknown live mode `{}`; use `long-poll` or `sse`",
+                                    other.escape_debug()
+                                ),
                             ));
                         }
                     });

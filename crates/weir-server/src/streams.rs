@@ -21,13 +21,19 @@ use crate::live;
 use crate::query::{Live, ReadQuery};
 
 /// Routes a request under the stream root by method.
-pub async fn dispatch(State(st): State<AppState>, Path(path): Path<String>, req: Request) -> Response {
+pub async fn dispatch(
+    State(st): State<AppState>,
+    Path(path): Path<String>,
+    req: Request,
+) -> Response {
     if path == "__ds" || path.starts_with("__ds/") {
         return crate::subscriptions::dispatch(st, &path, req).await;
     }
     let name = match StreamName::new(&path) {
         Ok(n) => n,
-        Err(e) => return ApiError::bad_request("stream_name_invalid", e.to_string()).into_response(),
+        Err(e) => {
+            return ApiError::bad_request("stream_name_invalid", e.to_string()).into_response();
+        }
     };
     let result = match *req.method() {
         Method::PUT => create(&st, name, req).await,
@@ -86,7 +92,10 @@ pub(crate) async fn body_bytes(limit: usize, req: Request) -> Result<(HeaderMap,
                 }
                 src = s.source();
             }
-            Err(ApiError::bad_request("body_unreadable", format!("could not read request body: {e}")))
+            Err(ApiError::bad_request(
+                "body_unreadable",
+                format!("could not read request body: {e}"),
+            ))
         }
     }
 }
@@ -95,23 +104,46 @@ fn content_type(h: &HeaderMap) -> Result<Option<ContentType>, ApiError> {
     match text(h, &header::CONTENT_TYPE)? {
         None => Ok(None),
         Some(v) if v.trim().is_empty() => Ok(None),
-        Some(v) => ContentType::parse(v)
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request("content_type_invalid", format!("`{v}` is not a media type"))),
+        Some(v) => ContentType::parse(v).map(Some).ok_or_else(|| {
+            ApiError::bad_request("content_type_invalid", format!("`{v}` is not a media type"))
+        }),
     }
 }
 
-/// The absolute URL of this request's stream (for `Location`).
-pub(crate) fn base_url(st: &AppState, h: &HeaderMap) -> String {
+/// The absolute base URL clients reached us at (for `Location`, JWKS and
+/// callback URLs): the configured `public_url`; else `X-Forwarded-Proto` /
+/// `X-Forwarded-Host` when the peer is a trusted proxy; else the `Host`.
+pub(crate) fn base_url(st: &AppState, h: &HeaderMap, peer: Option<std::net::IpAddr>) -> String {
     if let Some(p) = &st.config.public_url {
         return p.trim_end_matches('/').to_owned();
     }
-    let host = h
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+    let trusted = peer.is_some_and(|ip| st.config.trusted_proxies.contains(&ip));
+    let forwarded = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let host = trusted
+        .then(|| forwarded("x-forwarded-host"))
+        .flatten()
+        .or_else(|| h.get(header::HOST).and_then(|v| v.to_str().ok()))
         .unwrap_or("localhost");
-    let scheme = if st.config.tls { "https" } else { "http" };
+    let scheme = match trusted.then(|| forwarded("x-forwarded-proto")).flatten() {
+        Some("https") => "https",
+        Some("http") => "http",
+        _ if st.config.tls => "https",
+        _ => "http",
+    };
     format!("{scheme}://{host}")
+}
+
+/// The connecting peer's address, if the transport recorded it.
+pub(crate) fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// Percent-encodes a stream name for use in a URL path.
@@ -148,18 +180,27 @@ fn source_name(st: &AppState, value: &str) -> Result<StreamName, ApiError> {
     let rel = path
         .strip_prefix(root)
         .and_then(|r| r.strip_prefix('/'))
-        .ok_or_else(|| ApiError::bad_request("fork_headers_invalid", ForkError::BadSource.to_string()))?;
+        .ok_or_else(|| {
+            ApiError::bad_request("fork_headers_invalid", ForkError::BadSource.to_string())
+        })?;
     let decoded = percent_encoding::percent_decode_str(rel)
         .decode_utf8()
-        .map_err(|_| ApiError::bad_request("fork_headers_invalid", ForkError::BadSource.to_string()))?;
-    StreamName::new(&decoded).map_err(|e| ApiError::bad_request("fork_headers_invalid", e.to_string()))
+        .map_err(|_| {
+            ApiError::bad_request("fork_headers_invalid", ForkError::BadSource.to_string())
+        })?;
+    StreamName::new(&decoded)
+        .map_err(|e| ApiError::bad_request("fork_headers_invalid", e.to_string()))
 }
 
 async fn create(st: &AppState, name: StreamName, req: Request) -> Result<Response, ApiError> {
+    let peer = peer_ip(&req);
     let (h, body) = body_bytes(st.config.max_body_bytes, req).await?;
     let ct = content_type(&h)?;
-    let expiry = Expiry::from_headers(text(&h, &headers::STREAM_TTL)?, text(&h, &headers::STREAM_EXPIRES_AT)?)
-        .map_err(|e| ApiError::bad_request("expiry_invalid", e.to_string()))?;
+    let expiry = Expiry::from_headers(
+        text(&h, &headers::STREAM_TTL)?,
+        text(&h, &headers::STREAM_EXPIRES_AT)?,
+    )
+    .map_err(|e| ApiError::bad_request("expiry_invalid", e.to_string()))?;
     let closed = closed_flag(&h);
 
     let forked_from = text(&h, &headers::STREAM_FORKED_FROM)?;
@@ -167,16 +208,26 @@ async fn create(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     let sub_offset = text(&h, &headers::STREAM_FORK_SUB_OFFSET)?;
     let fork = match forked_from {
         None if fork_offset.is_some() || sub_offset.is_some() => {
-            return Err(ApiError::bad_request("fork_headers_invalid", ForkError::NotAFork.to_string()));
+            return Err(ApiError::bad_request(
+                "fork_headers_invalid",
+                ForkError::NotAFork.to_string(),
+            ));
         }
         None => None,
         Some(src) => {
             let source = source_name(st, src)?;
             let offset = fork_offset
-                .map(|o| Offset::parse(o).map_err(|e| ApiError::bad_request("fork_offset_invalid", e.to_string())))
+                .map(|o| {
+                    Offset::parse(o)
+                        .map_err(|e| ApiError::bad_request("fork_offset_invalid", e.to_string()))
+                })
                 .transpose()?;
             let sub_offset = sub_offset
-                .map(|s| parse_sub_offset(s).map_err(|e| ApiError::bad_request("fork_sub_offset_invalid", e.to_string())))
+                .map(|s| {
+                    parse_sub_offset(s).map_err(|e| {
+                        ApiError::bad_request("fork_sub_offset_invalid", e.to_string())
+                    })
+                })
                 .transpose()?
                 .unwrap_or(0);
             Some(ForkRequest {
@@ -202,8 +253,9 @@ async fn create(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     let body = if body.is_empty() {
         Body::Empty
     } else if effective_ct.as_ref().is_some_and(ContentType::is_json) {
-        Body::Json(Ok(split_messages(&body, true)
-            .map_err(|e| ApiError::bad_request("json_invalid", e.to_string()))?))
+        Body::Json(Ok(split_messages(&body, true).map_err(|e| {
+            ApiError::bad_request("json_invalid", e.to_string())
+        })?))
     } else {
         Body::Bytes(body)
     };
@@ -219,7 +271,11 @@ async fn create(st: &AppState, name: StreamName, req: Request) -> Result<Respons
             fork,
         })
         .await?;
-    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let mut resp = status.into_response();
     let rh = resp.headers_mut();
     ct_header(rh, &out.info.content_type);
@@ -229,7 +285,15 @@ async fn create(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     }
     if out.created {
         let root = st.config.stream_root.trim_end_matches('/');
-        set(rh, header::LOCATION, format!("{}{root}/{}", base_url(st, &h), url_path(name.as_str())));
+        set(
+            rh,
+            header::LOCATION,
+            format!(
+                "{}{root}/{}",
+                base_url(st, &h, peer),
+                url_path(name.as_str())
+            ),
+        );
     }
     Ok(resp)
 }
@@ -244,7 +308,10 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     .map_err(|e| ApiError::bad_request("producer_headers_invalid", e.to_string()))?;
     let stream_seq = match text(h, &headers::STREAM_SEQ)? {
         Some(s) if !valid_stream_seq(s) => {
-            return Err(ApiError::bad_request("stream_seq_invalid", "Stream-Seq must be a non-empty token"));
+            return Err(ApiError::bad_request(
+                "stream_seq_invalid",
+                "Stream-Seq must be a non-empty token",
+            ));
         }
         other => other.map(str::to_owned),
     };
@@ -280,7 +347,9 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     let tail = out.tail.to_string();
     let ack = out.result.map_err(|r| rejection(r, &tail, out.closed))?;
     let (status, producer) = match ack {
-        AppendAck::Appended { producer } if had_producer && out.bytes > 0 => (StatusCode::OK, producer),
+        AppendAck::Appended { producer } if had_producer && out.bytes > 0 => {
+            (StatusCode::OK, producer)
+        }
         AppendAck::Appended { producer } => (StatusCode::NO_CONTENT, producer),
         AppendAck::Duplicate { producer } => (StatusCode::NO_CONTENT, Some(producer)),
         AppendAck::AlreadyClosed => (StatusCode::NO_CONTENT, None),
@@ -312,7 +381,11 @@ fn meta_headers(rh: &mut HeaderMap, info: &StreamInfo) {
     set(rh, headers::STREAM_NEXT_OFFSET, info.tail);
     match info.expiry {
         Expiry::Ttl { secs } => set(rh, headers::STREAM_TTL, secs),
-        Expiry::At { unix_ms } => set(rh, headers::STREAM_EXPIRES_AT, Expiry::format_expires_at(unix_ms)),
+        Expiry::At { unix_ms } => set(
+            rh,
+            headers::STREAM_EXPIRES_AT,
+            Expiry::format_expires_at(unix_ms),
+        ),
         Expiry::Never => {}
     }
     if info.closed {
@@ -330,13 +403,19 @@ async fn read(st: &AppState, name: StreamName, req: Request) -> Result<Response,
     match q.live {
         Live::No => {}
         Live::LongPoll | Live::Sse if q.offset.is_none() => {
-            return Err(ApiError::bad_request("offset_required", "live reads require the offset parameter"));
+            return Err(ApiError::bad_request(
+                "offset_required",
+                "live reads require the offset parameter",
+            ));
         }
         Live::LongPoll => return live::long_poll(st, name, q).await,
         Live::Sse => return live::sse(st, name, q).await,
     }
     let from = q.offset.unwrap_or(ReadFrom::Start);
-    let chunk = st.storage.read(&name, from, st.config.max_read_bytes).await?;
+    let chunk = st
+        .storage
+        .read(&name, from, st.config.max_read_bytes)
+        .await?;
     let now = from == ReadFrom::Now;
     let etag = etag(&chunk);
     if !now && if_none_match(req.headers(), &etag) {

@@ -22,5 +22,10 @@ impl Subscriptions {
 }
 
 pub async fn dispatch(_st: AppState, _path: &str, _req: Request) -> Response {
-    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such control API").into_response()
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        "no such control API",
+    )
+    .into_response()
 }

@@ -27,6 +27,8 @@
 //!   (cursors, generation, leases, retry schedule) and signing keys, stored
 //!   by the same backend and with the same durability as the streams.
 
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract;
 pub mod memory;
 mod types;
 
@@ -47,7 +49,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Appends (or closes) under the protocol's rules. Protocol rejections
     /// come back inside [`AppendOutcome`], with the stream's tail and closure
     /// state so the caller can answer with the right headers.
-    async fn append(&self, name: &StreamName, req: AppendRequest) -> Result<AppendOutcome, StorageError>;
+    async fn append(
+        &self,
+        name: &StreamName,
+        req: AppendRequest,
+    ) -> Result<AppendOutcome, StorageError>;
 
     /// Deletes a stream (soft-deletes it while forks still read from it).
     async fn delete(&self, name: &StreamName) -> Result<(), StorageError>;
@@ -57,14 +63,24 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Reads durable data from `from`, at most about `max_bytes` (at least
     /// one message), and refreshes a sliding TTL.
-    async fn read(&self, name: &StreamName, from: ReadFrom, max_bytes: usize) -> Result<ReadChunk, StorageError>;
+    async fn read(
+        &self,
+        name: &StreamName,
+        from: ReadFrom,
+        max_bytes: usize,
+    ) -> Result<ReadChunk, StorageError>;
 
     /// A receiver that changes whenever the stream's durable tail, closure or
     /// existence changes. Subscribe *before* reading to never miss a wake-up.
     async fn watch(&self, name: &StreamName) -> Result<TailWatch, StorageError>;
 
     /// Streams whose names start with `prefix`, in name order, after `after`.
-    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>, StorageError>;
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, StorageError>;
 
     /// The server-wide feed of stream changes.
     fn events(&self) -> tokio::sync::broadcast::Receiver<StreamEvent>;
@@ -74,7 +90,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Writes a key if its current version is `expected` (`None`: must not
     /// exist). Returns the new version, or [`StorageError::VersionConflict`].
-    async fn kv_put(&self, key: &str, value: Bytes, expected: Option<u64>) -> Result<u64, StorageError>;
+    async fn kv_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, StorageError>;
 
     /// Deletes a key (idempotent).
     async fn kv_delete(&self, key: &str) -> Result<(), StorageError>;

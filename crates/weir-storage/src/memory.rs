@@ -26,8 +26,8 @@ use weir_core::state::{ForkOrigin, StreamMeta, StreamState};
 use weir_core::{ContentType, Expiry, Offset, StreamName};
 
 use crate::{
-    AppendAck, AppendOutcome, CreateOutcome, CreateRequest, ReadChunk, Storage, StorageError, StreamEvent,
-    StreamEventKind, StreamInfo, Tail, TailWatch,
+    AppendAck, AppendOutcome, CreateOutcome, CreateRequest, ReadChunk, Storage, StorageError,
+    StreamEvent, StreamEventKind, StreamInfo, Tail, TailWatch,
 };
 
 /// Settings of the memory backend.
@@ -184,7 +184,9 @@ impl MemoryStorage {
         if let Some(max) = self.opts.max_bytes
             && self.used_bytes.load(Ordering::Relaxed) + extra > max
         {
-            return Err(StorageError::Full(format!("memory budget of {max} bytes exhausted")));
+            return Err(StorageError::Full(format!(
+                "memory budget of {max} bytes exhausted"
+            )));
         }
         Ok(())
     }
@@ -211,7 +213,10 @@ impl MemoryStorage {
         // Resolve the fork source, if any.
         let mut source = None;
         let mut origin = None;
-        let mut content_type = req.content_type.clone().unwrap_or_else(ContentType::default_type);
+        let mut content_type = req
+            .content_type
+            .clone()
+            .unwrap_or_else(ContentType::default_type);
         let mut expiry = req.expiry;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut lineage = StreamMeta::root_lineage(id);
@@ -223,13 +228,17 @@ impl MemoryStorage {
                 Some(Slot::Live(s)) => s.clone(),
             };
             match &req.content_type {
-                Some(ct) if !ct.matches(&src.meta.content_type) => return Err(StorageError::ForkContentType),
+                Some(ct) if !ct.matches(&src.meta.content_type) => {
+                    return Err(StorageError::ForkContentType);
+                }
                 _ => content_type = src.meta.content_type.clone(),
             }
             let src_tail = src.data.lock().state.tail;
             let anchor = match f.offset {
                 Some(o) if o.pos > src_tail => return Err(ForkError::BeyondTail.into()),
-                Some(o) if !src.meta.owns(o, src_tail) => return Err(ForkError::ForeignOffset.into()),
+                Some(o) if !src.meta.owns(o, src_tail) => {
+                    return Err(ForkError::ForeignOffset.into());
+                }
                 Some(o) => o,
                 None if f.sub_offset > 0 => return Err(ForkError::SubOffsetWithoutOffset.into()),
                 None => src.meta.offset_at(src_tail),
@@ -303,7 +312,11 @@ impl MemoryStorage {
     }
 
     /// The content type a fork request would inherit (for idempotency checks).
-    fn source_ct(&self, reg: &BTreeMap<StreamName, Slot>, req: &CreateRequest) -> Option<ContentType> {
+    fn source_ct(
+        &self,
+        reg: &BTreeMap<StreamName, Slot>,
+        req: &CreateRequest,
+    ) -> Option<ContentType> {
         let f = req.fork.as_ref()?;
         match reg.get(&f.source) {
             Some(Slot::Live(s) | Slot::SoftDeleted(s)) => Some(s.meta.content_type.clone()),
@@ -340,7 +353,10 @@ impl Stream {
             name: self.meta.name.clone(),
             content_type: self.meta.content_type.clone(),
             expiry: self.meta.expiry,
-            expires_at_ms: self.meta.expiry.deadline_ms(self.last_access_ms.load(Ordering::Relaxed)),
+            expires_at_ms: self
+                .meta
+                .expiry
+                .deadline_ms(self.last_access_ms.load(Ordering::Relaxed)),
             tail: self.meta.offset_at(d.state.tail),
             closed: d.state.closed,
             created_at_ms: self.meta.created_at_ms,
@@ -348,7 +364,11 @@ impl Stream {
     }
 
     /// Whether an existing stream matches a create request (PUT idempotency).
-    fn same_config(&self, req: &CreateRequest, inherited_ct: &Option<ContentType>) -> Result<(), StorageError> {
+    fn same_config(
+        &self,
+        req: &CreateRequest,
+        inherited_ct: &Option<ContentType>,
+    ) -> Result<(), StorageError> {
         let want_ct = req
             .content_type
             .clone()
@@ -365,7 +385,9 @@ impl Stream {
             return Err(StorageError::ConfigMismatch("TTL or expiry differs".into()));
         }
         if req.closed != self.data.lock().state.closed {
-            return Err(StorageError::ConfigMismatch("closure status differs".into()));
+            return Err(StorageError::ConfigMismatch(
+                "closure status differs".into(),
+            ));
         }
         match (&req.fork, &self.meta.fork) {
             (None, None) => Ok(()),
@@ -453,7 +475,9 @@ impl Stream {
         let Some(c) = d.chunks.get(i).filter(|c| c.start <= pos) else {
             return true;
         };
-        let ChunkBody::Messages(ms) = &c.body else { return true };
+        let ChunkBody::Messages(ms) = &c.body else {
+            return true;
+        };
         let mut at = c.start;
         for m in ms {
             if at == pos {
@@ -530,7 +554,11 @@ impl Storage for MemoryStorage {
         self.create_locked(&mut reg, req)
     }
 
-    async fn append(&self, name: &StreamName, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+    async fn append(
+        &self,
+        name: &StreamName,
+        req: AppendRequest,
+    ) -> Result<AppendOutcome, StorageError> {
         let s = self.live(name)?;
         let now = now_ms();
         let mut d = s.data.lock();
@@ -588,7 +616,12 @@ impl Storage for MemoryStorage {
         Ok(self.live(name)?.info())
     }
 
-    async fn read(&self, name: &StreamName, from: ReadFrom, max_bytes: usize) -> Result<ReadChunk, StorageError> {
+    async fn read(
+        &self,
+        name: &StreamName,
+        from: ReadFrom,
+        max_bytes: usize,
+    ) -> Result<ReadChunk, StorageError> {
         let s = self.live(name)?;
         s.touch(now_ms());
         let tail = s.data.lock().state.tail;
@@ -624,7 +657,12 @@ impl Storage for MemoryStorage {
         Ok(self.live(name)?.tail_tx.subscribe())
     }
 
-    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>, StorageError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, StorageError> {
         let now = now_ms();
         let reg = self.registry.read();
         let start = match after {
@@ -656,7 +694,12 @@ impl Storage for MemoryStorage {
         Ok(self.kv.lock().get(key).cloned())
     }
 
-    async fn kv_put(&self, key: &str, value: Bytes, expected: Option<u64>) -> Result<u64, StorageError> {
+    async fn kv_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, StorageError> {
         let mut kv = self.kv.lock();
         let current = kv.get(key).map(|(_, v)| *v);
         if current != expected {

@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Absolute URL clients use to reach this server (for Location, JWKS and callback URLs).
     #[arg(long, env = "WEIR_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Proxy addresses whose X-Forwarded-Proto/-Host headers are trusted (comma-separated).
+    #[arg(long, env = "WEIR_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
     /// Seconds a client has to send request headers.
     #[arg(long, env = "WEIR_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
     pub header_read_timeout_secs: u64,
@@ -82,8 +85,11 @@ pub struct ServeArgs {
 }
 
 fn init_logging(args: &ServeArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).context("invalid --log-level filter")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .context("invalid --log-level filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -103,6 +109,7 @@ pub fn server_config(args: &ServeArgs) -> ServerConfig {
         cfg.max_body_bytes = n;
     }
     cfg.public_url.clone_from(&args.public_url);
+    cfg.trusted_proxies.clone_from(&args.trusted_proxy);
     cfg.tls = args.tls_cert.is_some();
     cfg
 }
@@ -129,9 +136,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("invalid --host/--port `{}:{}`", args.host, args.port))?;
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // The one line on stdout: scripts and tests parse it to find the port.
     println!("listening on {scheme}://{local}");
     tracing::info!(%local, storage = ?args.storage, profile = ?args.profile, "weir serving");

@@ -1,0 +1,239 @@
+//! Protocol behaviours beyond the official suite: incarnations, derived
+//! URLs, read chunking of JSON streams, live-read wake-ups.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use weir_server::ServerConfig;
+
+fn hdr(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn recreated_stream_is_a_new_incarnation() {
+    let srv = TestServer::start().await;
+    srv.create("inc", "text/plain", b"old data").await;
+    let r = srv.client.get(srv.url("inc")).send().await.unwrap();
+    let old_tail = hdr(&r, "stream-next-offset").unwrap();
+    let old_etag = hdr(&r, "etag").unwrap();
+    assert_eq!(
+        srv.client
+            .delete(srv.url("inc"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    srv.create("inc", "text/plain", b"new data").await;
+    let r = srv.client.get(srv.url("inc")).send().await.unwrap();
+    let new_tail = hdr(&r, "stream-next-offset").unwrap();
+    assert_ne!(
+        old_tail, new_tail,
+        "same length, different incarnation: offsets differ"
+    );
+    assert!(
+        new_tail > old_tail,
+        "new incarnation sorts after the old one"
+    );
+    // An offset of the old incarnation is refused, not silently reinterpreted.
+    let r = srv
+        .client
+        .get(format!("{}?offset={old_tail}", srv.url("inc")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The old ETag does not match the new incarnation's identical range.
+    let r = srv
+        .client
+        .get(srv.url("inc"))
+        .header("if-none-match", &old_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "new data");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn location_uses_public_url_or_trusted_proxy_headers() {
+    let cfg = ServerConfig {
+        public_url: Some("https://streams.example.com/".into()),
+        ..ServerConfig::conformance()
+    };
+    let srv = TestServer::with(cfg, Default::default()).await;
+    let r = srv.client.put(srv.url("a/b c")).send().await.unwrap();
+    assert_eq!(
+        hdr(&r, "location").unwrap(),
+        "https://streams.example.com/v1/stream/a/b%20c"
+    );
+    srv.stop().await;
+
+    let cfg = ServerConfig {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..ServerConfig::conformance()
+    };
+    let srv = TestServer::with(cfg, Default::default()).await;
+    let r = srv
+        .client
+        .put(srv.url("p"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "edge.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hdr(&r, "location").unwrap(),
+        "https://edge.example.com/v1/stream/p"
+    );
+    srv.stop().await;
+
+    // Untrusted peers cannot spoof the URL.
+    let srv = TestServer::start().await;
+    let r = srv
+        .client
+        .put(srv.url("p"))
+        .header("x-forwarded-host", "evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    let loc = hdr(&r, "location").unwrap();
+    assert!(loc.starts_with("http://127.0.0.1:"), "{loc}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn json_reads_are_chunked_on_message_boundaries() {
+    let cfg = ServerConfig {
+        max_read_bytes: 64,
+        ..ServerConfig::conformance()
+    };
+    let srv = TestServer::with(cfg, Default::default()).await;
+    srv.create("j", "application/json", b"").await;
+    let mut expected = Vec::new();
+    for i in 0..50 {
+        let msg = serde_json::json!({ "i": i, "pad": "x".repeat(i % 7) });
+        expected.push(msg.clone());
+        let r = srv
+            .client
+            .post(srv.url("j"))
+            .header("content-type", "application/json")
+            .body(msg.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let mut got: Vec<serde_json::Value> = Vec::new();
+    let mut offset = "-1".to_owned();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let r = srv
+            .client
+            .get(format!("{}?offset={offset}", srv.url("j")))
+            .send()
+            .await
+            .unwrap();
+        let done = hdr(&r, "stream-up-to-date").is_some();
+        offset = hdr(&r, "stream-next-offset").unwrap();
+        let page: Vec<serde_json::Value> =
+            serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        got.extend(page);
+        if done {
+            break;
+        }
+    }
+    assert!(rounds > 5, "small read budget must paginate");
+    assert_eq!(got, expected);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_append_and_times_out_with_cursor() {
+    let srv = TestServer::start().await; // 500 ms long-poll
+    srv.create("lp", "text/plain", b"").await;
+    let r = srv.client.head(srv.url("lp")).send().await.unwrap();
+    let tail = hdr(&r, "stream-next-offset").unwrap();
+
+    let started = Instant::now();
+    let r = srv
+        .client
+        .get(format!("{}?offset={tail}&live=long-poll", srv.url("lp")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert!(hdr(&r, "stream-cursor").is_some());
+    assert_eq!(hdr(&r, "stream-up-to-date").as_deref(), Some("true"));
+
+    let url = format!("{}?offset={tail}&live=long-poll", srv.url("lp"));
+    let client = srv.client.clone();
+    let waiter = tokio::spawn(async move { client.get(url).send().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    srv.client
+        .post(srv.url("lp"))
+        .header("content-type", "text/plain")
+        .body("wake")
+        .send()
+        .await
+        .unwrap();
+    let r = waiter.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "wake");
+
+    // Deleting the stream ends a parked long-poll with 404, not a hang.
+    let r = srv.client.head(srv.url("lp")).send().await.unwrap();
+    let tail = hdr(&r, "stream-next-offset").unwrap();
+    let url = format!("{}?offset={tail}&live=long-poll", srv.url("lp"));
+    let client = srv.client.clone();
+    let waiter = tokio::spawn(async move { client.get(url).send().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    srv.client.delete(srv.url("lp")).send().await.unwrap();
+    assert_eq!(waiter.await.unwrap().status(), 404);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn ttl_streams_expire_and_can_be_recreated() {
+    let srv = TestServer::start().await;
+    let r = srv
+        .client
+        .put(srv.url("ttl"))
+        .header("content-type", "text/plain")
+        .header("stream-ttl", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = srv.client.head(srv.url("ttl")).send().await.unwrap();
+    assert_eq!(hdr(&r, "stream-ttl").as_deref(), Some("1"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        srv.client
+            .get(srv.url("ttl"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let r = srv
+        .client
+        .put(srv.url("ttl"))
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    srv.stop().await;
+}

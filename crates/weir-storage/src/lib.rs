@@ -27,9 +27,12 @@
 //!   (cursors, generation, leases, retry schedule) and signing keys, stored
 //!   by the same backend and with the same durability as the streams.
 
+pub mod backend;
+pub mod chunk;
 #[cfg(any(test, feature = "contract-tests"))]
 pub mod contract;
 pub mod memory;
+pub mod table;
 mod types;
 
 pub use types::*;

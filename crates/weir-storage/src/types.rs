@@ -114,6 +114,9 @@ pub struct Tail {
     pub closed: bool,
     /// The stream was deleted or expired: readers must stop.
     pub gone: bool,
+    /// Number of durable commits (including close-only ones), so a caller
+    /// can wait until everything it decided against is durable.
+    pub commits: u64,
 }
 
 /// Per-stream change notification.

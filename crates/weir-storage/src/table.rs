@@ -1,0 +1,842 @@
+//! The stream table: everything single-node storage does that clients can
+//! observe, implemented once over any [`Backend`].
+//!
+//! Concurrency: a registry `RwLock` maps names to streams and is
+//! write-locked only to create or delete. Each stream has a `Mutex` over its
+//! writer state, held while an append is *decided and submitted* (so
+//! submissions for one stream reach the backend in commit order) — never
+//! across I/O. Durability is awaited after the lock is released, which is
+//! what lets concurrent appends to one stream share a group commit.
+//!
+//! Two tails per stream: `state.tail` includes decided-but-not-yet-durable
+//! commits (the next append must be decided against it); `durable` is what
+//! readers, `HEAD` and watches see. A producer retry answered `204` waits
+//! until the commit it duplicates is durable, so no answer ever depends on
+//! data a crash could take back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, watch};
+use weir_core::append::{self, AppendDecision, AppendRequest, Body, Commit};
+use weir_core::fork::{self, ForkError, Remaining};
+use weir_core::offset::ReadFrom;
+use weir_core::state::{ForkOrigin, StreamMeta, StreamState};
+use weir_core::{ContentType, Expiry, Offset, StreamName};
+
+use crate::backend::{Backend, Op, Ticket};
+use crate::chunk::Chunk;
+use crate::{
+    AppendAck, AppendOutcome, CreateOutcome, CreateRequest, ReadChunk, Storage, StorageError,
+    StreamEvent, StreamEventKind, StreamInfo, Tail, TailWatch,
+};
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Limits the table enforces whatever the backend.
+#[derive(Clone, Debug, Default)]
+pub struct TableLimits {
+    /// Refuse writes once the backend holds this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// The stream table over backend `B`.
+pub struct Table<B: Backend> {
+    backend: Arc<B>,
+    registry: RwLock<BTreeMap<StreamName, Slot<B::Index>>>,
+    next_id: AtomicU64,
+    events: broadcast::Sender<StreamEvent>,
+    kv: Mutex<BTreeMap<String, (Bytes, u64)>>,
+    limits: TableLimits,
+}
+
+enum Slot<I> {
+    Live(Arc<Stream<I>>),
+    /// Deleted by its owner, kept for its forks' reads.
+    SoftDeleted(Arc<Stream<I>>),
+}
+
+impl<I> Clone for Slot<I> {
+    fn clone(&self) -> Self {
+        match self {
+            Slot::Live(s) => Slot::Live(s.clone()),
+            Slot::SoftDeleted(s) => Slot::SoftDeleted(s.clone()),
+        }
+    }
+}
+
+pub(crate) struct Stream<I> {
+    pub(crate) meta: StreamMeta,
+    source: Option<Arc<Stream<I>>>,
+    data: Mutex<Data>,
+    pub(crate) index: Arc<I>,
+    tail_tx: watch::Sender<Tail>,
+    /// Forks (live or soft-deleted) that read from this stream.
+    forks: AtomicUsize,
+    last_access_ms: AtomicI64,
+}
+
+struct Data {
+    /// Decided state, possibly ahead of what is durable.
+    state: StreamState,
+    /// Durable tail and closure: what readers see.
+    durable: u64,
+    durable_closed: bool,
+    /// Commits submitted / known durable.
+    submitted: u64,
+    durable_commits: u64,
+}
+
+impl<B: Backend> Table<B> {
+    /// An empty table over `backend`.
+    pub fn with_backend(backend: Arc<B>, limits: TableLimits) -> Table<B> {
+        let (events, _) = broadcast::channel(4096);
+        Table {
+            backend,
+            registry: RwLock::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+            events,
+            kv: Mutex::new(BTreeMap::new()),
+            limits,
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    fn emit(&self, name: &StreamName, kind: StreamEventKind, tail: Offset) {
+        let _ = self.events.send(StreamEvent {
+            name: name.clone(),
+            kind,
+            tail,
+        });
+    }
+
+    /// The live stream at `name`, expiring it first if its time has come.
+    fn live(&self, name: &StreamName) -> Result<Arc<Stream<B::Index>>, StorageError> {
+        let now = now_ms();
+        {
+            let reg = self.registry.read();
+            match reg.get(name) {
+                None => return Err(StorageError::NotFound),
+                Some(Slot::SoftDeleted(_)) => return Err(StorageError::Gone),
+                Some(Slot::Live(s)) if !s.expired(now) => return Ok(s.clone()),
+                Some(Slot::Live(_)) => {}
+            }
+        }
+        let mut reg = self.registry.write();
+        if let Some(Slot::Live(s)) = reg.get(name).cloned()
+            && s.expired(now)
+        {
+            // Expiry is a delete; its record lets the space be reclaimed.
+            // The ticket is not awaited: the stream is gone either way.
+            let _ = self.backend.submit(&Op::Delete { id: s.meta.id }, None);
+            self.remove_locked(&mut reg, &s);
+        }
+        Err(StorageError::NotFound)
+    }
+
+    /// Deletes `s` (live in `reg`): soft if forks read from it.
+    fn remove_locked(
+        &self,
+        reg: &mut BTreeMap<StreamName, Slot<B::Index>>,
+        s: &Arc<Stream<B::Index>>,
+    ) {
+        let tail = s.durable_offset();
+        if s.forks.load(Ordering::Acquire) > 0 {
+            reg.insert(s.meta.name.clone(), Slot::SoftDeleted(s.clone()));
+        } else {
+            reg.remove(&s.meta.name);
+            Self::free(reg, s);
+        }
+        s.tail_tx.send_modify(|t| t.gone = true);
+        self.emit(&s.meta.name, StreamEventKind::Deleted, tail);
+    }
+
+    /// Drops a fully deleted stream's hold on its source, cascading up the
+    /// fork chain through soft-deleted sources.
+    fn free(reg: &mut BTreeMap<StreamName, Slot<B::Index>>, s: &Arc<Stream<B::Index>>) {
+        let Some(src) = &s.source else { return };
+        if src.forks.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(Slot::SoftDeleted(slot)) = reg.get(&src.meta.name)
+            && Arc::ptr_eq(slot, src)
+        {
+            reg.remove(&src.meta.name);
+            Self::free(reg, src);
+        }
+    }
+
+    fn check_budget(&self, extra: u64) -> Result<(), StorageError> {
+        if let Some(max) = self.limits.max_bytes
+            && self.backend.used_bytes() + extra > max
+        {
+            return Err(StorageError::Full(format!(
+                "storage budget of {max} bytes exhausted"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Awaits a ticket, then publishes the durable state it covers.
+    async fn settle(
+        &self,
+        s: &Stream<B::Index>,
+        ticket: Ticket,
+        tail: u64,
+        closed: bool,
+        seq: u64,
+    ) -> Result<(), StorageError> {
+        if let Some(t) = ticket {
+            t.await?;
+        }
+        s.publish(tail, closed, seq);
+        Ok(())
+    }
+
+    /// Resolves a fork request against its source (may read chunk shapes).
+    async fn resolve_fork(
+        &self,
+        req: &CreateRequest,
+    ) -> Result<Option<(Arc<Stream<B::Index>>, ForkOrigin, ContentType, Expiry)>, StorageError>
+    {
+        let Some(f) = &req.fork else { return Ok(None) };
+        let now = now_ms();
+        let src = {
+            let reg = self.registry.read();
+            match reg.get(&f.source) {
+                None => return Err(StorageError::SourceNotFound),
+                Some(Slot::SoftDeleted(_)) => return Err(StorageError::SourceGone),
+                Some(Slot::Live(s)) if s.expired(now) => return Err(StorageError::SourceNotFound),
+                Some(Slot::Live(s)) => s.clone(),
+            }
+        };
+        let content_type = match &req.content_type {
+            Some(ct) if !ct.matches(&src.meta.content_type) => {
+                return Err(StorageError::ForkContentType);
+            }
+            _ => src.meta.content_type.clone(),
+        };
+        let src_tail = src.durable();
+        let anchor = match f.offset {
+            Some(o) if o.pos > src_tail => return Err(ForkError::BeyondTail.into()),
+            Some(o) if !src.meta.owns(o, src_tail) => return Err(ForkError::ForeignOffset.into()),
+            Some(o) => o,
+            None if f.sub_offset > 0 => return Err(ForkError::SubOffsetWithoutOffset.into()),
+            None => src.meta.offset_at(src_tail),
+        };
+        let remaining = if f.sub_offset == 0 {
+            Remaining::Nothing
+        } else {
+            self.remaining_after(&src, anchor.pos, src_tail).await?
+        };
+        let position = fork::resolve(anchor.pos, f.sub_offset, &remaining)?;
+        let origin = ForkOrigin {
+            source: f.source.clone(),
+            source_id: src.meta.id,
+            offset: anchor,
+            sub_offset: f.sub_offset,
+            position,
+        };
+        let expiry = Expiry::for_fork(req.expiry, src.meta.expiry);
+        Ok(Some((src, origin, content_type, expiry)))
+    }
+
+    /// What follows `pos` up to the next data boundary, as `s` sees it
+    /// (inherited chunks end at the fork point).
+    async fn remaining_after(
+        &self,
+        s: &Arc<Stream<B::Index>>,
+        pos: u64,
+        view_end: u64,
+    ) -> Result<Remaining, StorageError> {
+        Ok(match self.chunk_at(s, pos, view_end).await? {
+            Some((c, end)) => c.remaining_after(pos, end),
+            None => Remaining::Nothing,
+        })
+    }
+
+    /// The chunk holding `pos` in `s`'s view, with the view's end.
+    async fn chunk_at(
+        &self,
+        s: &Arc<Stream<B::Index>>,
+        pos: u64,
+        view_end: u64,
+    ) -> Result<Option<(Chunk, u64)>, StorageError> {
+        let mut s = s.clone();
+        let mut end = view_end;
+        loop {
+            if let (Some(src), Some(f)) = (&s.source, &s.meta.fork)
+                && pos < f.position
+            {
+                end = end.min(f.position);
+                s = src.clone();
+                continue;
+            }
+            let end = end.min(s.durable());
+            if pos >= end {
+                return Ok(None);
+            }
+            let chunks = self.backend.chunks(&s.index, pos, end, 1).await?;
+            return Ok(chunks
+                .into_iter()
+                .find(|c| c.start <= pos && pos < c.end())
+                .map(|c| (c, end)));
+        }
+    }
+
+    /// Collects data from `pos` up to `cap` (exclusive) into `out`.
+    async fn collect(
+        &self,
+        s: &Arc<Stream<B::Index>>,
+        mut pos: u64,
+        cap: u64,
+        budget: &mut usize,
+        out: &mut Vec<Bytes>,
+    ) -> Result<u64, StorageError> {
+        if let (Some(src), Some(f)) = (&s.source, &s.meta.fork)
+            && pos < f.position
+        {
+            let inherited_end = cap.min(f.position);
+            pos = Box::pin(self.collect(src, pos, inherited_end, budget, out)).await?;
+            if pos < inherited_end {
+                return Ok(pos);
+            }
+        }
+        let end = cap.min(s.durable());
+        while pos < end && (*budget > 0 || out.is_empty()) {
+            let chunks = self.backend.chunks(&s.index, pos, end, *budget).await?;
+            let before = pos;
+            for c in &chunks {
+                let next = c.collect(pos, end, budget, out);
+                if next == pos {
+                    break;
+                }
+                pos = next;
+            }
+            if pos == before {
+                break;
+            }
+        }
+        Ok(pos)
+    }
+
+    fn meta_matches(
+        s: &Stream<B::Index>,
+        req: &CreateRequest,
+        inherited_ct: Option<&ContentType>,
+    ) -> Result<(), StorageError> {
+        let want_ct = req
+            .content_type
+            .clone()
+            .or_else(|| inherited_ct.cloned())
+            .unwrap_or_else(ContentType::default_type);
+        if !want_ct.matches(&s.meta.content_type) {
+            return Err(StorageError::ConfigMismatch("content type differs".into()));
+        }
+        let want_expiry = match (&req.fork, &s.meta.fork) {
+            (Some(_), Some(_)) if req.expiry == Expiry::Never => s.meta.expiry,
+            _ => req.expiry,
+        };
+        if want_expiry != s.meta.expiry {
+            return Err(StorageError::ConfigMismatch("TTL or expiry differs".into()));
+        }
+        if req.closed != s.data.lock().state.closed {
+            return Err(StorageError::ConfigMismatch(
+                "closure status differs".into(),
+            ));
+        }
+        match (&req.fork, &s.meta.fork) {
+            (None, None) => Ok(()),
+            (Some(f), Some(o))
+                if f.source == o.source
+                    && f.offset.is_none_or(|off| off == o.offset)
+                    && f.sub_offset == o.sub_offset =>
+            {
+                Ok(())
+            }
+            _ => Err(StorageError::ConfigMismatch("fork origin differs".into())),
+        }
+    }
+
+    /// Waits until every commit submitted to `s` before now is durable.
+    async fn barrier(&self, s: &Stream<B::Index>, target: u64) {
+        let mut rx = s.tail_tx.subscribe();
+        while rx.borrow_and_update().commits < target {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl<I> Stream<I> {
+    fn expired(&self, now: i64) -> bool {
+        self.meta
+            .expiry
+            .is_expired(self.last_access_ms.load(Ordering::Relaxed), now)
+    }
+
+    fn touch(&self, now: i64) {
+        if self.meta.expiry.is_sliding() {
+            self.last_access_ms.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    fn durable(&self) -> u64 {
+        self.data.lock().durable
+    }
+
+    fn durable_offset(&self) -> Offset {
+        self.meta.offset_at(self.durable())
+    }
+
+    /// Publishes durable progress: readers and watches see it from now on.
+    fn publish(&self, tail: u64, closed: bool, seq: u64) {
+        let mut d = self.data.lock();
+        d.durable = d.durable.max(tail);
+        d.durable_closed |= closed;
+        d.durable_commits = d.durable_commits.max(seq);
+        let (pos, closed, commits) = (d.durable, d.durable_closed, d.durable_commits);
+        drop(d);
+        self.tail_tx.send_modify(|t| {
+            t.pos = pos;
+            t.closed = closed;
+            t.commits = commits;
+        });
+    }
+
+    fn info(&self) -> StreamInfo {
+        let d = self.data.lock();
+        StreamInfo {
+            id: self.meta.id,
+            name: self.meta.name.clone(),
+            content_type: self.meta.content_type.clone(),
+            expiry: self.meta.expiry,
+            expires_at_ms: self
+                .meta
+                .expiry
+                .deadline_ms(self.last_access_ms.load(Ordering::Relaxed)),
+            tail: self.meta.offset_at(d.durable),
+            closed: d.durable_closed,
+            created_at_ms: self.meta.created_at_ms,
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Storage for Table<B> {
+    async fn create(&self, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
+        let fork = self.resolve_fork(&req).await?;
+        let now = now_ms();
+        enum Created<I> {
+            New(Arc<Stream<I>>, Ticket, u64, bool),
+            Existing(Arc<Stream<I>>),
+        }
+        let created = 'created: {
+            let mut reg = self.registry.write();
+            match reg.get(&req.name).cloned() {
+                Some(Slot::SoftDeleted(_)) => return Err(StorageError::PathBlocked),
+                Some(Slot::Live(s)) if !s.expired(now) => {
+                    let inherited = fork.as_ref().map(|(_, _, ct, _)| ct);
+                    Self::meta_matches(&s, &req, inherited)?;
+                    break 'created Created::Existing(s);
+                }
+                Some(Slot::Live(s)) => {
+                    let _ = self.backend.submit(&Op::Delete { id: s.meta.id }, None);
+                    self.remove_locked(&mut reg, &s);
+                }
+                None => {}
+            }
+            if let Some((src, ..)) = &fork {
+                // The source may have been deleted while we resolved the fork.
+                match reg.get(&src.meta.name) {
+                    Some(Slot::Live(cur)) if Arc::ptr_eq(cur, src) => {}
+                    Some(Slot::SoftDeleted(_)) => return Err(StorageError::SourceGone),
+                    _ => return Err(StorageError::SourceNotFound),
+                }
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (source, origin, content_type, expiry, lineage) = match fork {
+                Some((src, origin, ct, expiry)) => {
+                    let lineage = StreamMeta::fork_lineage(&src.meta.lineage, origin.position, id);
+                    (Some(src), Some(origin), ct, expiry, lineage)
+                }
+                None => (
+                    None,
+                    None,
+                    req.content_type
+                        .clone()
+                        .unwrap_or_else(ContentType::default_type),
+                    req.expiry,
+                    StreamMeta::root_lineage(id),
+                ),
+            };
+            let entries = match req.body {
+                Body::Empty => Vec::new(),
+                Body::Bytes(b) if b.is_empty() => Vec::new(),
+                Body::Bytes(b) => vec![b],
+                Body::Json(Ok(m)) => m,
+                Body::Json(Err(e)) => return Err(e.into()),
+            };
+            let commit = Commit {
+                entries,
+                close: req.closed,
+                producer: None,
+                closed_by: None,
+                stream_seq: None,
+            };
+            self.check_budget(commit.len())?;
+            let meta = StreamMeta {
+                id,
+                name: req.name.clone(),
+                content_type,
+                expiry,
+                fork: origin,
+                lineage,
+                created_at_ms: now,
+            };
+            let start = meta.own_start();
+            let index = Arc::new(self.backend.new_index());
+            let ticket = self.backend.submit(
+                &Op::Create {
+                    meta: meta.clone(),
+                    commit: commit.clone(),
+                },
+                Some(&index),
+            )?;
+            let mut state = StreamState::new(start, now);
+            commit.apply(&mut state);
+            let (tail, closed) = (state.tail, state.closed);
+            let (tail_tx, _) = watch::channel(Tail {
+                pos: start,
+                closed: false,
+                gone: false,
+                commits: 0,
+            });
+            let stream = Arc::new(Stream {
+                meta,
+                source: source.clone(),
+                data: Mutex::new(Data {
+                    state,
+                    durable: start,
+                    durable_closed: false,
+                    submitted: 1,
+                    durable_commits: 0,
+                }),
+                index,
+                tail_tx,
+                forks: AtomicUsize::new(0),
+                last_access_ms: AtomicI64::new(now),
+            });
+            if let Some(src) = &source {
+                src.forks.fetch_add(1, Ordering::AcqRel);
+            }
+            reg.insert(req.name.clone(), Slot::Live(stream.clone()));
+            Created::New(stream, ticket, tail, closed)
+        };
+        let (stream, ticket, tail, closed) = match created {
+            Created::New(s, t, tail, closed) => (s, t, tail, closed),
+            Created::Existing(s) => {
+                let target = s.data.lock().submitted;
+                self.barrier(&s, target).await;
+                return Ok(CreateOutcome {
+                    created: false,
+                    info: s.info(),
+                });
+            }
+        };
+        self.settle(&stream, ticket, tail, closed, 1).await?;
+        self.emit(
+            &req.name,
+            StreamEventKind::Created,
+            stream.meta.offset_at(tail),
+        );
+        Ok(CreateOutcome {
+            created: true,
+            info: stream.info(),
+        })
+    }
+
+    async fn append(
+        &self,
+        name: &StreamName,
+        req: AppendRequest,
+    ) -> Result<AppendOutcome, StorageError> {
+        let s = self.live(name)?;
+        let now = now_ms();
+        /// A submitted commit, to settle after the lock is released.
+        struct Submitted {
+            ticket: Ticket,
+            tail: u64,
+            closed: bool,
+            seq: u64,
+            commit: Commit,
+        }
+        enum Next {
+            Commit(Submitted),
+            Wait(u64),
+        }
+        let (next, result) = {
+            let mut d = s.data.lock();
+            match append::decide(&s.meta, &d.state, &req) {
+                Ok(AppendDecision::Commit(c)) => {
+                    self.check_budget(c.len())?;
+                    let start = d.state.tail;
+                    let ticket = self.backend.submit(
+                        &Op::Append {
+                            id: s.meta.id,
+                            start,
+                            json: s.meta.content_type.is_json(),
+                            commit: c.clone(),
+                        },
+                        Some(&s.index),
+                    )?;
+                    c.apply(&mut d.state);
+                    d.submitted += 1;
+                    let sub = Submitted {
+                        ticket,
+                        tail: d.state.tail,
+                        closed: d.state.closed,
+                        seq: d.submitted,
+                        commit: c,
+                    };
+                    (Next::Commit(sub), None)
+                }
+                Ok(AppendDecision::Duplicate { producer, .. }) => (
+                    Next::Wait(d.submitted),
+                    Some(Ok(AppendAck::Duplicate { producer })),
+                ),
+                Ok(AppendDecision::AlreadyClosed) => {
+                    (Next::Wait(d.submitted), Some(Ok(AppendAck::AlreadyClosed)))
+                }
+                Err(rejection) => (Next::Wait(d.submitted), Some(Err(rejection))),
+            }
+        };
+        match next {
+            Next::Commit(sub) => {
+                self.settle(&s, sub.ticket, sub.tail, sub.closed, sub.seq)
+                    .await?;
+                s.touch(now);
+                let tail = s.meta.offset_at(sub.tail);
+                if !sub.commit.is_empty() {
+                    self.emit(name, StreamEventKind::Appended, tail);
+                }
+                if sub.commit.close {
+                    self.emit(name, StreamEventKind::Closed, tail);
+                }
+                Ok(AppendOutcome {
+                    result: Ok(AppendAck::Appended {
+                        producer: sub.commit.producer.as_ref().map(|(_, p)| *p),
+                    }),
+                    tail,
+                    closed: sub.closed,
+                    bytes: sub.commit.len(),
+                })
+            }
+            Next::Wait(target) => {
+                // Answer only from durable state.
+                self.barrier(&s, target).await;
+                let result = result.unwrap_or(Err(append::AppendRejection::Closed));
+                if matches!(result, Ok(AppendAck::AlreadyClosed)) {
+                    s.touch(now);
+                }
+                let info = s.info();
+                Ok(AppendOutcome {
+                    result,
+                    tail: info.tail,
+                    closed: info.closed,
+                    bytes: 0,
+                })
+            }
+        }
+    }
+
+    async fn delete(&self, name: &StreamName) -> Result<(), StorageError> {
+        let s = self.live(name)?;
+        let ticket = {
+            let mut reg = self.registry.write();
+            match reg.get(name) {
+                Some(Slot::Live(cur)) if Arc::ptr_eq(cur, &s) => {
+                    let ticket = self.backend.submit(&Op::Delete { id: s.meta.id }, None)?;
+                    self.remove_locked(&mut reg, &s);
+                    ticket
+                }
+                Some(Slot::SoftDeleted(_)) => return Err(StorageError::Gone),
+                _ => return Err(StorageError::NotFound),
+            }
+        };
+        if let Some(t) = ticket {
+            t.await?;
+        }
+        Ok(())
+    }
+
+    async fn head(&self, name: &StreamName) -> Result<StreamInfo, StorageError> {
+        Ok(self.live(name)?.info())
+    }
+
+    async fn read(
+        &self,
+        name: &StreamName,
+        from: ReadFrom,
+        max_bytes: usize,
+    ) -> Result<ReadChunk, StorageError> {
+        let s = self.live(name)?;
+        s.touch(now_ms());
+        let tail = s.durable();
+        let start = match from {
+            ReadFrom::Start => 0,
+            ReadFrom::Now => tail,
+            ReadFrom::At(o) => {
+                if !s.meta.owns(o, tail) {
+                    return Err(StorageError::OffsetInvalid);
+                }
+                if s.meta.content_type.is_json()
+                    && o.pos < tail
+                    && !self
+                        .chunk_at(&s, o.pos, tail)
+                        .await?
+                        .is_none_or(|(c, _)| c.is_boundary(o.pos))
+                {
+                    return Err(StorageError::OffsetInvalid);
+                }
+                o.pos
+            }
+        };
+        let mut pieces = Vec::new();
+        let mut budget = max_bytes;
+        let next = if start < tail {
+            self.collect(&s, start, tail, &mut budget, &mut pieces)
+                .await?
+        } else {
+            start
+        };
+        let info = s.info();
+        Ok(ReadChunk {
+            start: s.meta.offset_at(start),
+            next: s.meta.offset_at(next),
+            up_to_date: next >= s.durable(),
+            info,
+            pieces,
+        })
+    }
+
+    async fn watch(&self, name: &StreamName) -> Result<TailWatch, StorageError> {
+        Ok(self.live(name)?.tail_tx.subscribe())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, StorageError> {
+        let now = now_ms();
+        let reg = self.registry.read();
+        let start = match after {
+            Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
+            _ => std::ops::Bound::Included(prefix),
+        };
+        let mut out = Vec::new();
+        for (name, slot) in reg.range::<str, _>((start, std::ops::Bound::Unbounded)) {
+            if !name.has_prefix(prefix) {
+                break;
+            }
+            if let Slot::Live(s) = slot
+                && !s.expired(now)
+            {
+                out.push(s.info());
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn events(&self) -> broadcast::Receiver<StreamEvent> {
+        self.events.subscribe()
+    }
+
+    async fn kv_get(&self, key: &str) -> Result<Option<(Bytes, u64)>, StorageError> {
+        Ok(self.kv.lock().get(key).cloned())
+    }
+
+    async fn kv_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, StorageError> {
+        let (ticket, next) = {
+            let mut kv = self.kv.lock();
+            let current = kv.get(key).map(|(_, v)| *v);
+            if current != expected {
+                return Err(StorageError::VersionConflict);
+            }
+            let next = current.unwrap_or(0) + 1;
+            let ticket = self.backend.submit(
+                &Op::KvPut {
+                    key: key.to_owned(),
+                    value: value.clone(),
+                    version: next,
+                },
+                None,
+            )?;
+            kv.insert(key.to_owned(), (value, next));
+            (ticket, next)
+        };
+        if let Some(t) = ticket {
+            t.await?;
+        }
+        Ok(next)
+    }
+
+    async fn kv_delete(&self, key: &str) -> Result<(), StorageError> {
+        let ticket = {
+            let mut kv = self.kv.lock();
+            if kv.remove(key).is_none() {
+                return Ok(());
+            }
+            self.backend.submit(
+                &Op::KvDelete {
+                    key: key.to_owned(),
+                },
+                None,
+            )?
+        };
+        if let Some(t) = ticket {
+            t.await?;
+        }
+        Ok(())
+    }
+
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .kv
+            .lock()
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    async fn ready(&self) -> Result<(), StorageError> {
+        self.backend.ready().await
+    }
+
+    async fn shutdown(&self) {
+        self.backend.shutdown().await;
+    }
+}

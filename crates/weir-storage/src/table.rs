@@ -57,6 +57,13 @@ pub struct Table<B: Backend> {
     events: broadcast::Sender<StreamEvent>,
     kv: Mutex<BTreeMap<String, (Bytes, u64)>>,
     limits: TableLimits,
+    /// Held (shared) while an operation is decided and submitted; taken
+    /// exclusively by [`Table::snapshot`] so a checkpoint sees every
+    /// submitted operation and nothing half-submitted. Always taken before
+    /// the registry, stream and kv locks, never while holding them.
+    gate: RwLock<()>,
+    /// Incarnation id → stream, for replaying id-addressed log records.
+    ids: Mutex<std::collections::HashMap<u64, std::sync::Weak<Stream<B::Index>>>>,
 }
 
 enum Slot<I> {
@@ -107,6 +114,8 @@ impl<B: Backend> Table<B> {
             events,
             kv: Mutex::new(BTreeMap::new()),
             limits,
+            gate: RwLock::new(()),
+            ids: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -135,6 +144,7 @@ impl<B: Backend> Table<B> {
                 Some(Slot::Live(_)) => {}
             }
         }
+        let _gate = self.gate.read();
         let mut reg = self.registry.write();
         if let Some(Slot::Live(s)) = reg.get(name).cloned()
             && s.expired(now)
@@ -380,7 +390,250 @@ impl<B: Backend> Table<B> {
     }
 }
 
+/// Everything a checkpoint needs from the table (the backend serializes
+/// the per-stream indexes itself).
+pub struct TableSnapshot<I> {
+    pub next_id: u64,
+    /// In id order, so sources precede their forks.
+    pub streams: Vec<StreamSnapshot<I>>,
+    pub kv: Vec<(String, Bytes, u64)>,
+}
+
+/// One stream in a [`TableSnapshot`].
+pub struct StreamSnapshot<I> {
+    pub meta: StreamMeta,
+    pub state: StreamState,
+    pub soft_deleted: bool,
+    pub index: Arc<I>,
+}
+
+/// A snapshot or replay that does not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("inconsistent recovery state: {0}")]
+pub struct RestoreError(pub String);
+
+impl<B: Backend> Table<B> {
+    /// Captures the decided state of every stream with no operation half
+    /// submitted. `mark` runs while submissions are paused and returns the
+    /// backend's position covering everything captured (e.g. its last
+    /// submitted LSN); the caller writes the checkpoint once that position
+    /// is durable.
+    pub fn snapshot<M>(&self, mark: impl FnOnce() -> M) -> (TableSnapshot<B::Index>, M) {
+        let _gate = self.gate.write();
+        let reg = self.registry.read();
+        let mut streams: Vec<StreamSnapshot<B::Index>> = reg
+            .values()
+            .map(|slot| {
+                let (s, soft_deleted) = match slot {
+                    Slot::Live(s) => (s, false),
+                    Slot::SoftDeleted(s) => (s, true),
+                };
+                let mut state = s.data.lock().state.clone();
+                state.last_access_ms = s.last_access_ms.load(Ordering::Relaxed);
+                StreamSnapshot {
+                    meta: s.meta.clone(),
+                    state,
+                    soft_deleted,
+                    index: s.index.clone(),
+                }
+            })
+            .collect();
+        streams.sort_by_key(|s| s.meta.id);
+        let kv = self
+            .kv
+            .lock()
+            .iter()
+            .map(|(k, (v, ver))| (k.clone(), v.clone(), *ver))
+            .collect();
+        let m = mark();
+        (
+            TableSnapshot {
+                next_id: self.next_id.load(Ordering::Relaxed),
+                streams,
+                kv,
+            },
+            m,
+        )
+    }
+
+    /// Rebuilds a table from a checkpoint. Sliding TTLs restart from now:
+    /// reads are not logged, so an older last-access time could expire a
+    /// stream early — the safe direction is to keep it.
+    pub fn restore(
+        backend: Arc<B>,
+        limits: TableLimits,
+        snap: TableSnapshot<B::Index>,
+    ) -> Result<Table<B>, RestoreError> {
+        let table = Table::with_backend(backend, limits);
+        table.next_id.store(snap.next_id.max(1), Ordering::Relaxed);
+        {
+            let mut reg = table.registry.write();
+            let mut by_id: std::collections::HashMap<u64, Arc<Stream<B::Index>>> =
+                std::collections::HashMap::new();
+            for st in snap.streams {
+                let source = match &st.meta.fork {
+                    None => None,
+                    Some(f) => Some(by_id.get(&f.source_id).cloned().ok_or_else(|| {
+                        RestoreError(format!(
+                            "fork {} without source {}",
+                            st.meta.id, f.source_id
+                        ))
+                    })?),
+                };
+                let s = Stream::restored(st.meta, source, st.state, st.index);
+                if let Some(src) = &s.source {
+                    src.forks.fetch_add(1, Ordering::AcqRel);
+                }
+                by_id.insert(s.meta.id, s.clone());
+                table.register_id(&s);
+                let slot = if st.soft_deleted {
+                    Slot::SoftDeleted(s.clone())
+                } else {
+                    Slot::Live(s.clone())
+                };
+                reg.insert(s.meta.name.clone(), slot);
+            }
+        }
+        *table.kv.lock() = snap
+            .kv
+            .into_iter()
+            .map(|(k, v, ver)| (k, (v, ver)))
+            .collect();
+        Ok(table)
+    }
+
+    /// Applies an operation that is already durable (log replay after the
+    /// checkpoint). `on_index` lets the backend record where the op's data
+    /// lives in the affected stream's index.
+    pub fn replay(
+        &self,
+        op: &Op,
+        on_index: impl FnOnce(&Arc<B::Index>),
+    ) -> Result<(), RestoreError> {
+        match op {
+            Op::Create { meta, commit } => {
+                let mut reg = self.registry.write();
+                let source = match &meta.fork {
+                    None => None,
+                    Some(f) => match reg.get(&f.source) {
+                        Some(Slot::Live(s) | Slot::SoftDeleted(s)) if s.meta.id == f.source_id => {
+                            Some(s.clone())
+                        }
+                        _ => {
+                            return Err(RestoreError(format!(
+                                "fork {} without source {}",
+                                meta.id, f.source_id
+                            )));
+                        }
+                    },
+                };
+                if let Some(Slot::Live(old)) = reg.get(&meta.name).cloned() {
+                    // Only an expired stream is replaced without a Delete record.
+                    self.remove_locked(&mut reg, &old);
+                }
+                let mut state = StreamState::new(meta.own_start(), now_ms());
+                commit.apply(&mut state);
+                let s = Stream::restored(
+                    meta.clone(),
+                    source,
+                    state,
+                    Arc::new(self.backend.new_index()),
+                );
+                on_index(&s.index);
+                if let Some(src) = &s.source {
+                    src.forks.fetch_add(1, Ordering::AcqRel);
+                }
+                self.next_id.fetch_max(meta.id + 1, Ordering::Relaxed);
+                self.register_id(&s);
+                reg.insert(meta.name.clone(), Slot::Live(s));
+            }
+            Op::Append { id, commit, .. } => {
+                let s = self.by_id(*id)?;
+                let mut d = s.data.lock();
+                commit.apply(&mut d.state);
+                d.durable = d.state.tail;
+                d.durable_closed = d.state.closed;
+                drop(d);
+                on_index(&s.index);
+            }
+            Op::Delete { id } => {
+                let Ok(s) = self.by_id(*id) else {
+                    // Already gone (an expiry raced its own delete record).
+                    return Ok(());
+                };
+                let mut reg = self.registry.write();
+                if let Some(Slot::Live(cur)) = reg.get(&s.meta.name)
+                    && Arc::ptr_eq(cur, &s)
+                {
+                    self.remove_locked(&mut reg, &s);
+                }
+            }
+            Op::KvPut {
+                key,
+                value,
+                version,
+            } => {
+                self.kv
+                    .lock()
+                    .insert(key.clone(), (value.clone(), *version));
+            }
+            Op::KvDelete { key } => {
+                self.kv.lock().remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn by_id(&self, id: u64) -> Result<Arc<Stream<B::Index>>, RestoreError> {
+        self.ids
+            .lock()
+            .get(&id)
+            .and_then(std::sync::Weak::upgrade)
+            .ok_or_else(|| RestoreError(format!("no stream with id {id}")))
+    }
+
+    fn register_id(&self, s: &Arc<Stream<B::Index>>) {
+        let mut ids = self.ids.lock();
+        ids.insert(s.meta.id, Arc::downgrade(s));
+        // Drop entries of freed streams now and then so the map stays bounded.
+        if ids.len() > 1024 && ids.len().is_power_of_two() {
+            ids.retain(|_, w| w.strong_count() > 0);
+        }
+    }
+}
+
 impl<I> Stream<I> {
+    fn restored(
+        meta: StreamMeta,
+        source: Option<Arc<Stream<I>>>,
+        state: StreamState,
+        index: Arc<I>,
+    ) -> Arc<Stream<I>> {
+        let now = now_ms();
+        let (tail, closed) = (state.tail, state.closed);
+        let (tail_tx, _) = watch::channel(Tail {
+            pos: tail,
+            closed,
+            gone: false,
+            commits: 1,
+        });
+        Arc::new(Stream {
+            meta,
+            source,
+            data: Mutex::new(Data {
+                state,
+                durable: tail,
+                durable_closed: closed,
+                submitted: 1,
+                durable_commits: 1,
+            }),
+            index,
+            tail_tx,
+            forks: AtomicUsize::new(0),
+            last_access_ms: AtomicI64::new(now),
+        })
+    }
+
     fn expired(&self, now: i64) -> bool {
         self.meta
             .expiry
@@ -444,6 +697,7 @@ impl<B: Backend> Storage for Table<B> {
             Existing(Arc<Stream<I>>),
         }
         let created = 'created: {
+            let _gate = self.gate.read();
             let mut reg = self.registry.write();
             match reg.get(&req.name).cloned() {
                 Some(Slot::SoftDeleted(_)) => return Err(StorageError::PathBlocked),
@@ -543,6 +797,7 @@ impl<B: Backend> Storage for Table<B> {
                 src.forks.fetch_add(1, Ordering::AcqRel);
             }
             reg.insert(req.name.clone(), Slot::Live(stream.clone()));
+            self.register_id(&stream);
             Created::New(stream, ticket, tail, closed)
         };
         let (stream, ticket, tail, closed) = match created {
@@ -588,6 +843,7 @@ impl<B: Backend> Storage for Table<B> {
             Wait(u64),
         }
         let (next, result) = {
+            let _gate = self.gate.read();
             let mut d = s.data.lock();
             match append::decide(&s.meta, &d.state, &req) {
                 Ok(AppendDecision::Commit(c)) => {
@@ -665,6 +921,7 @@ impl<B: Backend> Storage for Table<B> {
     async fn delete(&self, name: &StreamName) -> Result<(), StorageError> {
         let s = self.live(name)?;
         let ticket = {
+            let _gate = self.gate.read();
             let mut reg = self.registry.write();
             match reg.get(name) {
                 Some(Slot::Live(cur)) if Arc::ptr_eq(cur, &s) => {
@@ -780,6 +1037,7 @@ impl<B: Backend> Storage for Table<B> {
         expected: Option<u64>,
     ) -> Result<u64, StorageError> {
         let (ticket, next) = {
+            let _gate = self.gate.read();
             let mut kv = self.kv.lock();
             let current = kv.get(key).map(|(_, v)| *v);
             if current != expected {
@@ -805,6 +1063,7 @@ impl<B: Backend> Storage for Table<B> {
 
     async fn kv_delete(&self, key: &str) -> Result<(), StorageError> {
         let ticket = {
+            let _gate = self.gate.read();
             let mut kv = self.kv.lock();
             if kv.remove(key).is_none() {
                 return Ok(());

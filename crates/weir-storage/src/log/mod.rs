@@ -1,0 +1,4 @@
+//! The embedded log backend (work in progress): operations encoded as log
+//! records ([`codec`]).
+
+pub mod codec;

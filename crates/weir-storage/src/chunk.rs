@@ -34,6 +34,28 @@ impl ChunkBody {
         }
     }
 
+    /// The same data in one right-sized allocation. Request bodies arrive as
+    /// slices of the connection's read buffer; keeping such a slice would pin
+    /// the whole buffer (kilobytes) for every 100-byte append.
+    pub fn compact(&self) -> ChunkBody {
+        match self {
+            ChunkBody::Bytes(b) => ChunkBody::Bytes(Bytes::copy_from_slice(b)),
+            ChunkBody::Messages(ms) => {
+                let all = Bytes::from(ms.concat());
+                let mut at = 0;
+                ChunkBody::Messages(
+                    ms.iter()
+                        .map(|m| {
+                            let s = all.slice(at..at + m.len());
+                            at += m.len();
+                            s
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+
     /// Bytes in the body.
     pub fn len(&self) -> u64 {
         match self {

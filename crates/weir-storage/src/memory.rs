@@ -93,7 +93,10 @@ impl Backend for MemoryBackend {
         };
         if let (Some(index), Some(body)) = (index, ChunkBody::from_entries(json, &commit.entries)) {
             self.used.fetch_add(body.len(), Ordering::Relaxed);
-            index.chunks.lock().push(Chunk { start, body });
+            index.chunks.lock().push(Chunk {
+                start,
+                body: body.compact(),
+            });
         }
         Ok(None)
     }

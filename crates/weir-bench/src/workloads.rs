@@ -1,0 +1,437 @@
+//! The workloads and their figures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+use crate::servers::rss_mib;
+
+/// Workload sizes (defaults are the targets).
+#[derive(Args, Debug, Clone)]
+pub struct Settings {
+    /// Seconds each append workload runs.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Concurrent append connections.
+    #[arg(long, default_value_t = 75)]
+    pub connections: usize,
+    /// Append body size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Size of the catch-up stream in MiB (0 skips).
+    #[arg(long, default_value_t = 256)]
+    pub catchup_mib: usize,
+    /// Long-poll latency samples (0 skips).
+    #[arg(long, default_value_t = 300)]
+    pub latency_samples: usize,
+    /// SSE fan-out reader counts, comma-separated (empty skips).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub fanout: Vec<usize>,
+    /// Messages appended during each fan-out run.
+    #[arg(long, default_value_t = 50)]
+    pub fanout_messages: usize,
+}
+
+/// Results of one server's run; `None` where a workload was skipped.
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    pub one_stream_rps: Option<f64>,
+    pub one_stream_p99_ms: Option<f64>,
+    pub many_streams_rps: Option<f64>,
+    pub many_streams_p99_ms: Option<f64>,
+    pub longpoll_p50_ms: Option<f64>,
+    pub longpoll_p99_ms: Option<f64>,
+    pub catchup_gib_s: Option<f64>,
+    pub fanout: Vec<Fanout>,
+}
+
+/// One SSE fan-out run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fanout {
+    pub readers: usize,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub rss_mib: Option<f64>,
+}
+
+impl Figures {
+    /// (row name, value) pairs in display order.
+    pub fn rows(&self) -> Vec<(String, Option<f64>)> {
+        let mut rows = vec![
+            ("appends/s, 1 stream".to_owned(), self.one_stream_rps),
+            ("append p99 ms, 1 stream".to_owned(), self.one_stream_p99_ms),
+            ("appends/s, N streams".to_owned(), self.many_streams_rps),
+            (
+                "append p99 ms, N streams".to_owned(),
+                self.many_streams_p99_ms,
+            ),
+            ("long-poll delivery p50 ms".to_owned(), self.longpoll_p50_ms),
+            ("long-poll delivery p99 ms".to_owned(), self.longpoll_p99_ms),
+            ("catch-up read GiB/s".to_owned(), self.catchup_gib_s),
+        ];
+        for f in &self.fanout {
+            rows.push((
+                format!("SSE {} readers: delivery p50 ms", f.readers),
+                f.p50_ms,
+            ));
+            rows.push((
+                format!("SSE {} readers: delivery p99 ms", f.readers),
+                f.p99_ms,
+            ));
+            rows.push((
+                format!("SSE {} readers: server RSS MiB", f.readers),
+                f.rss_mib,
+            ));
+        }
+        rows
+    }
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(usize::MAX)
+        .tcp_nodelay(true)
+        .build()?)
+}
+
+fn pct(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied()
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("bench-{prefix}-{n}")
+}
+
+async fn create(c: &reqwest::Client, url: &str, ct: &str) -> anyhow::Result<()> {
+    let r = c.put(url).header("content-type", ct).send().await?;
+    if !r.status().is_success() {
+        bail!("create {url}: {}", r.status());
+    }
+    Ok(())
+}
+
+/// Runs every workload against `base`.
+pub async fn run_all(base: &str, s: &Settings, pid: Option<u32>) -> anyhow::Result<Figures> {
+    let mut f = Figures::default();
+    if s.seconds > 0 {
+        let (rps, p99) = appends(base, s, 1).await?;
+        eprintln!("  1 stream: {rps:.0} appends/s, p99 {p99:.2} ms");
+        f.one_stream_rps = Some(rps);
+        f.one_stream_p99_ms = Some(p99);
+        let (rps, p99) = appends(base, s, s.connections).await?;
+        eprintln!(
+            "  {} streams: {rps:.0} appends/s, p99 {p99:.2} ms",
+            s.connections
+        );
+        f.many_streams_rps = Some(rps);
+        f.many_streams_p99_ms = Some(p99);
+    }
+    if s.latency_samples > 0 {
+        let (p50, p99) = longpoll_latency(base, s.latency_samples).await?;
+        eprintln!("  long-poll delivery: p50 {p50:.3} ms, p99 {p99:.3} ms");
+        f.longpoll_p50_ms = Some(p50);
+        f.longpoll_p99_ms = Some(p99);
+    }
+    if s.catchup_mib > 0 {
+        let gib = catchup(base, s.catchup_mib).await?;
+        eprintln!("  catch-up: {gib:.2} GiB/s");
+        f.catchup_gib_s = Some(gib);
+    }
+    for &n in &s.fanout {
+        match fanout(base, n, s.fanout_messages, pid).await {
+            Ok((p50, p99, rss)) => {
+                eprintln!("  SSE fan-out {n}: p50 {p50:.2} ms, p99 {p99:.2} ms, RSS {rss:?} MiB");
+                f.fanout.push(Fanout {
+                    readers: n,
+                    p50_ms: Some(p50),
+                    p99_ms: Some(p99),
+                    rss_mib: rss,
+                });
+            }
+            Err(e) => {
+                eprintln!("  SSE fan-out {n}: failed: {e:#}");
+                f.fanout.push(Fanout {
+                    readers: n,
+                    ..Fanout::default()
+                });
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// Closed-loop 100-byte appends from `s.connections` connections to
+/// `streams` streams for `s.seconds`. Returns (appends/s, p99 ms).
+async fn appends(base: &str, s: &Settings, streams: usize) -> anyhow::Result<(f64, f64)> {
+    let c = client()?;
+    let prefix = unique("append");
+    let mut urls = Vec::new();
+    for i in 0..streams {
+        let u = format!("{base}/v1/stream/{prefix}-{i}");
+        create(&c, &u, "application/octet-stream").await?;
+        urls.push(u);
+    }
+    let body = Bytes::from(vec![b'x'; s.size]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..s.connections {
+        let (c, url, body, stop, ok) = (
+            c.clone(),
+            urls[i % streams].clone(),
+            body.clone(),
+            stop.clone(),
+            ok.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = c
+                    .post(&url)
+                    .header("content-type", "application/octet-stream")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    Ok(r) => eprintln!("append failed: {}", r.status()),
+                    Err(e) => eprintln!("append error: {e}"),
+                }
+            }
+            lat
+        }));
+    }
+    // Warm up for a second, then measure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start_count = ok.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(s.seconds)).await;
+    let n = ok.load(Ordering::Relaxed) - start_count;
+    let elapsed = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok((n as f64 / elapsed, pct(&lat, 0.99).unwrap_or(0.0)))
+}
+
+/// Append → long-poll delivery latency: one reader parked at the tail, one
+/// writer appending a numbered message every 10 ms.
+async fn longpoll_latency(base: &str, samples: usize) -> anyhow::Result<(f64, f64)> {
+    let c = client()?;
+    let url = format!("{base}/v1/stream/{}", unique("latency"));
+    create(&c, &url, "text/plain").await?;
+    let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; samples]));
+    let head = c.head(&url).send().await?;
+    let mut offset = head
+        .headers()
+        .get("stream-next-offset")
+        .context("no offset")?
+        .to_str()?
+        .to_owned();
+    let reader = {
+        let (c, url, sent) = (c.clone(), url.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while lat.len() < samples {
+                let r = c
+                    .get(format!("{url}?offset={offset}&live=long-poll"))
+                    .send()
+                    .await?;
+                let arrived = Instant::now();
+                if let Some(o) = r.headers().get("stream-next-offset") {
+                    offset = o.to_str()?.to_owned();
+                }
+                let body = r.text().await?;
+                let sent = sent.lock().await;
+                for tok in body.split(';').filter(|t| !t.is_empty()) {
+                    if let Ok(i) = tok.parse::<usize>()
+                        && let Some(Some(t)) = sent.get(i)
+                    {
+                        lat.push(arrived.duration_since(*t).as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+            anyhow::Ok(lat)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..samples {
+        sent.lock().await[i] = Some(Instant::now());
+        c.post(&url)
+            .header("content-type", "text/plain")
+            .body(format!("{i};"))
+            .send()
+            .await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut lat = tokio::time::timeout(Duration::from_secs(60), reader).await???;
+    lat.sort_by(f64::total_cmp);
+    Ok((
+        pct(&lat, 0.5).unwrap_or(0.0),
+        pct(&lat, 0.99).unwrap_or(0.0),
+    ))
+}
+
+/// Writes `mib` MiB in 1 MiB appends, then times reading it all back from
+/// the start by following `Stream-Next-Offset`.
+async fn catchup(base: &str, mib: usize) -> anyhow::Result<f64> {
+    let c = client()?;
+    let url = format!("{base}/v1/stream/{}", unique("catchup"));
+    create(&c, &url, "application/octet-stream").await?;
+    let chunk = Bytes::from(vec![7u8; 1024 * 1024]);
+    for _ in 0..mib {
+        let r = c
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .body(chunk.clone())
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("catch-up append: {}", r.status());
+        }
+    }
+    let t0 = Instant::now();
+    let mut offset = "-1".to_owned();
+    let mut total = 0usize;
+    loop {
+        let r = c.get(format!("{url}?offset={offset}")).send().await?;
+        let done = r.headers().contains_key("stream-up-to-date");
+        offset = r
+            .headers()
+            .get("stream-next-offset")
+            .context("no next offset")?
+            .to_str()?
+            .to_owned();
+        let mut body = r.bytes_stream();
+        while let Some(b) = body.next().await {
+            total += b?.len();
+        }
+        if done {
+            break;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if total != mib * 1024 * 1024 {
+        bail!(
+            "catch-up read {total} bytes, expected {}",
+            mib * 1024 * 1024
+        );
+    }
+    Ok(total as f64 / secs / (1024.0 * 1024.0 * 1024.0))
+}
+
+/// `readers` SSE readers on one stream; `messages` timestamped appends.
+/// Returns (delivery p50 ms, p99 ms, peak server RSS MiB).
+async fn fanout(
+    base: &str,
+    readers: usize,
+    messages: usize,
+    pid: Option<u32>,
+) -> anyhow::Result<(f64, f64, Option<f64>)> {
+    let c = client()?;
+    let url = format!("{base}/v1/stream/{}", unique("fanout"));
+    create(&c, &url, "text/plain").await?;
+    let epoch = Instant::now();
+    let connected = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..readers {
+        let (url, connected) = (url.clone(), connected.clone());
+        let c = reqwest::Client::builder().http1_only().build()?;
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(format!("{url}?offset=now&live=sse")).send().await?;
+            let mut body = r.bytes_stream();
+            let mut buf = String::new();
+            let mut lat = Vec::new();
+            let mut seen = 0;
+            let mut first = true;
+            while seen < messages {
+                let Some(chunk) =
+                    tokio::time::timeout(Duration::from_secs(30), body.next()).await?
+                else {
+                    break;
+                };
+                let now = epoch.elapsed().as_micros() as f64;
+                buf.push_str(&String::from_utf8_lossy(&chunk?));
+                if first && buf.contains("event: control") {
+                    first = false;
+                    connected.fetch_add(1, Ordering::Relaxed);
+                }
+                while let Some(i) = buf.find("t=") {
+                    let rest = &buf[i + 2..];
+                    let Some(end) = rest.find(';') else { break };
+                    if let Ok(t) = rest[..end].parse::<f64>() {
+                        lat.push((now - t) / 1000.0);
+                        seen += 1;
+                    }
+                    buf = rest[end + 1..].to_owned();
+                }
+                if buf.len() > 4096 {
+                    buf.clear();
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (connected.load(Ordering::Relaxed) as usize) < readers {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {readers} SSE readers connected",
+                connected.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut peak_rss = pid.and_then(rss_mib);
+    for _ in 0..messages {
+        let t = epoch.elapsed().as_micros();
+        c.post(&url)
+            .header("content-type", "text/plain")
+            .body(format!("t={t};"))
+            .send()
+            .await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let (Some(p), Some(now)) = (pid, pid.and_then(rss_mib)) {
+            let _ = p;
+            peak_rss = Some(peak_rss.map_or(now, |r: f64| r.max(now)));
+        }
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    lat.sort_by(f64::total_cmp);
+    if lat.len() < readers * messages / 2 {
+        bail!(
+            "only {} of {} deliveries observed",
+            lat.len(),
+            readers * messages
+        );
+    }
+    Ok((
+        pct(&lat, 0.5).unwrap_or(0.0),
+        pct(&lat, 0.99).unwrap_or(0.0),
+        peak_rss,
+    ))
+}

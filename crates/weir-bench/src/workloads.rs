@@ -34,8 +34,11 @@ pub struct Settings {
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     pub fanout: Vec<usize>,
     /// Messages appended during each fan-out run.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 30)]
     pub fanout_messages: usize,
+    /// Milliseconds between fan-out messages.
+    #[arg(long, default_value_t = 100)]
+    pub fanout_interval_ms: u64,
 }
 
 /// Results of one server's run; `None` where a workload was skipped.
@@ -152,7 +155,15 @@ pub async fn run_all(base: &str, s: &Settings, pid: Option<u32>) -> anyhow::Resu
         f.catchup_gib_s = Some(gib);
     }
     for &n in &s.fanout {
-        match fanout(base, n, s.fanout_messages, pid).await {
+        match fanout(
+            base,
+            n,
+            s.fanout_messages,
+            Duration::from_millis(s.fanout_interval_ms),
+            pid,
+        )
+        .await
+        {
             Ok((p50, p99, rss)) => {
                 eprintln!("  SSE fan-out {n}: p50 {p50:.2} ms, p99 {p99:.2} ms, RSS {rss:?} MiB");
                 f.fanout.push(Fanout {
@@ -347,6 +358,7 @@ async fn fanout(
     base: &str,
     readers: usize,
     messages: usize,
+    interval: Duration,
     pid: Option<u32>,
 ) -> anyhow::Result<(f64, f64, Option<f64>)> {
     let c = client()?;
@@ -357,7 +369,7 @@ async fn fanout(
     let mut tasks = Vec::new();
     for _ in 0..readers {
         let (url, connected) = (url.clone(), connected.clone());
-        let c = reqwest::Client::builder().http1_only().build()?;
+        let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let r = c.get(format!("{url}?offset=now&live=sse")).send().await?;
             let mut body = r.bytes_stream();
@@ -411,7 +423,7 @@ async fn fanout(
             .body(format!("t={t};"))
             .send()
             .await?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(interval).await;
         if let (Some(p), Some(now)) = (pid, pid.and_then(rss_mib)) {
             let _ = p;
             peak_rss = Some(peak_rss.map_or(now, |r: f64| r.max(now)));

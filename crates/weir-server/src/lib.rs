@@ -35,6 +35,7 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub config: Arc<ServerConfig>,
     pub subscriptions: Arc<subscriptions::Subscriptions>,
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -46,7 +47,21 @@ impl AppState {
             storage,
             config,
             subscriptions,
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Starts a graceful shutdown: parked long-polls answer at once (`204`,
+    /// clients simply poll again elsewhere) and SSE streams end after their
+    /// last complete event, so clients resume from the last offset they saw.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once a shutdown has begun.
+    pub(crate) async fn closing(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 }
 

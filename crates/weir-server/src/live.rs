@@ -44,9 +44,9 @@ fn set(resp: &mut Response, name: http::HeaderName, value: &str) {
     }
 }
 
-/// Waits for the watch to tick or the deadline to pass. Returns `false` on
-/// timeout.
-async fn wait(watch: &mut TailWatch, deadline: Instant) -> bool {
+/// Waits for the watch to tick, the deadline to pass or the server to
+/// begin shutting down. Returns `false` on timeout or shutdown.
+async fn wait(st: &AppState, watch: &mut TailWatch, deadline: Instant) -> bool {
     tokio::select! {
         r = watch.changed() => {
             if r.is_err() {
@@ -56,6 +56,7 @@ async fn wait(watch: &mut TailWatch, deadline: Instant) -> bool {
             true
         }
         () = tokio::time::sleep_until(deadline) => false,
+        () = st.closing() => false,
     }
 }
 
@@ -89,7 +90,7 @@ pub async fn long_poll(
             return Ok(empty_poll(&chunk, None));
         }
         from = ReadFrom::At(chunk.next);
-        if !wait(&mut watch, deadline).await {
+        if !wait(st, &mut watch, deadline).await {
             return Ok(empty_poll(&chunk, Some(cursor(q.cursor.as_deref()))));
         }
     }
@@ -227,7 +228,7 @@ async fn next_frame(s: &mut SseState) -> Option<Bytes> {
             s.done = eof;
             return Some(out.freeze());
         }
-        if !wait(&mut s.watch, s.deadline).await {
+        if !wait(&s.st, &mut s.watch, s.deadline).await {
             return None;
         }
     }

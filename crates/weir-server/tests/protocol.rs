@@ -237,3 +237,42 @@ async fn ttl_streams_expire_and_can_be_recreated() {
     assert_eq!(r.status(), 201);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_live_reads_cleanly() {
+    let cfg = ServerConfig {
+        long_poll_timeout: Duration::from_secs(30),
+        ..ServerConfig::conformance()
+    };
+    let srv = TestServer::with(cfg, Default::default()).await;
+    srv.create("sd", "text/plain", b"abc").await;
+    let r = srv.client.head(srv.url("sd")).send().await.unwrap();
+    let tail = hdr(&r, "stream-next-offset").unwrap();
+    let mut sse = srv
+        .client
+        .get(format!("{}?offset=-1&live=sse", srv.url("sd")))
+        .send()
+        .await
+        .unwrap();
+    let first = sse.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("data:abc"));
+    let lp_url = format!("{}?offset={tail}&live=long-poll", srv.url("sd"));
+    let client = srv.client.clone();
+    let lp = tokio::spawn(async move { client.get(lp_url).send().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    srv.stop().await;
+    let lp = lp.await.unwrap();
+    assert_eq!(
+        lp.status(),
+        204,
+        "a parked long-poll is answered, not cut off"
+    );
+    // The SSE body ends without a transport error: the client resumes from
+    // the last control event's offset.
+    let mut rest = Vec::new();
+    while let Some(c) = sse.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

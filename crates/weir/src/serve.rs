@@ -131,7 +131,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = server_config(&args);
     let state = AppState::new(storage.clone(), config);
-    let app = weir_server::router(state);
+    let app = weir_server::router(state.clone());
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -160,7 +160,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..TransportConfig::default()
     };
-    weir_server::transport::serve(listener, app, transport, shutdown_signal()).await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        state.begin_shutdown();
+    };
+    weir_server::transport::serve(listener, app, transport, shutdown).await?;
     storage.shutdown().await;
     tracing::info!("weir stopped");
     Ok(())

@@ -14,6 +14,7 @@ pub struct TestServer {
     pub base: String,
     pub storage: Arc<dyn Storage>,
     pub client: reqwest::Client,
+    pub state: AppState,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -32,7 +33,8 @@ impl TestServer {
         cfg: ServerConfig,
         tcfg: TransportConfig,
     ) -> TestServer {
-        let app = router(AppState::new(storage.clone(), cfg));
+        let state = AppState::new(storage.clone(), cfg);
+        let app = router(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -47,6 +49,7 @@ impl TestServer {
             base: format!("http://{addr}"),
             storage,
             client: reqwest::Client::new(),
+            state,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -85,6 +88,7 @@ impl TestServer {
     }
 
     pub async fn stop(mut self) {
+        self.state.begin_shutdown();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

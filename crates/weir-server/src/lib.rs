@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 mod live;
+mod manage;
 mod query;
 mod security;
 mod streams;
@@ -70,6 +71,8 @@ pub fn router(state: AppState) -> Router {
     let root = state.config.stream_root.trim_end_matches('/').to_owned();
     Router::new()
         .route(&format!("{root}/{{*path}}"), any(streams::dispatch))
+        .route("/_weir/streams", get(manage::list))
+        .route("/_weir/batch", axum::routing::post(manage::batch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(streams::ready))
         .fallback(streams::fallback)

@@ -367,6 +367,21 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     Ok(resp)
 }
 
+/// Status and producer headers of an accepted append: `200` only for a
+/// producer append that wrote data, `204` otherwise (duplicates included).
+pub(crate) fn ack_status(
+    ack: AppendAck,
+    had_producer: bool,
+    bytes: u64,
+) -> (StatusCode, Option<weir_core::ProducerState>) {
+    match ack {
+        AppendAck::Appended { producer } if had_producer && bytes > 0 => (StatusCode::OK, producer),
+        AppendAck::Appended { producer } => (StatusCode::NO_CONTENT, producer),
+        AppendAck::Duplicate { producer } => (StatusCode::NO_CONTENT, Some(producer)),
+        AppendAck::AlreadyClosed => (StatusCode::NO_CONTENT, None),
+    }
+}
+
 async fn head(st: &AppState, name: StreamName) -> Result<Response, ApiError> {
     let info = st.storage.head(&name).await?;
     let mut resp = StatusCode::OK.into_response();

@@ -59,6 +59,20 @@ pub trait Storage: Send + Sync + 'static {
         req: AppendRequest,
     ) -> Result<AppendOutcome, StorageError>;
 
+    /// Appends to several streams at once: each item is decided on its own
+    /// (per-item results), and all accepted items are submitted before any
+    /// is awaited, so they share one durable commit.
+    async fn append_batch(
+        &self,
+        items: Vec<(StreamName, AppendRequest)>,
+    ) -> Vec<Result<AppendOutcome, StorageError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (name, req) in items {
+            out.push(self.append(&name, req).await);
+        }
+        out
+    }
+
     /// Deletes a stream (soft-deletes it while forks still read from it).
     async fn delete(&self, name: &StreamName) -> Result<(), StorageError>;
 

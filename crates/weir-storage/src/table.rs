@@ -379,6 +379,106 @@ impl<B: Backend> Table<B> {
         }
     }
 
+    /// Decides an append and, if accepted, submits it (no waiting).
+    fn submit_append(
+        &self,
+        name: &StreamName,
+        req: &AppendRequest,
+    ) -> Result<PendingAppend<B::Index>, StorageError> {
+        let s = self.live(name)?;
+        let _gate = self.gate.read();
+        let mut d = s.data.lock();
+        let next = match append::decide(&s.meta, &d.state, req) {
+            Ok(AppendDecision::Commit(c)) => {
+                self.check_budget(c.len())?;
+                let start = d.state.tail;
+                let ticket = self.backend.submit(
+                    &Op::Append {
+                        id: s.meta.id,
+                        start,
+                        json: s.meta.content_type.is_json(),
+                        commit: c.clone(),
+                    },
+                    Some(&s.index),
+                )?;
+                c.apply(&mut d.state);
+                d.submitted += 1;
+                Pending::Commit {
+                    ticket,
+                    tail: d.state.tail,
+                    closed: d.state.closed,
+                    seq: d.submitted,
+                    commit: c,
+                }
+            }
+            Ok(AppendDecision::Duplicate { producer, .. }) => Pending::Answer {
+                target: d.submitted,
+                result: Ok(AppendAck::Duplicate { producer }),
+            },
+            Ok(AppendDecision::AlreadyClosed) => Pending::Answer {
+                target: d.submitted,
+                result: Ok(AppendAck::AlreadyClosed),
+            },
+            Err(rejection) => Pending::Answer {
+                target: d.submitted,
+                result: Err(rejection),
+            },
+        };
+        drop(d);
+        Ok(PendingAppend { stream: s, next })
+    }
+
+    /// Waits for a submitted append to be durable and answers it.
+    async fn finish_append(
+        &self,
+        name: &StreamName,
+        p: PendingAppend<B::Index>,
+    ) -> Result<AppendOutcome, StorageError> {
+        let s = p.stream;
+        let now = now_ms();
+        match p.next {
+            Pending::Commit {
+                ticket,
+                tail,
+                closed,
+                seq,
+                commit,
+            } => {
+                self.settle(&s, ticket, tail, closed, seq).await?;
+                s.touch(now);
+                let tail = s.meta.offset_at(tail);
+                if !commit.is_empty() {
+                    self.emit(name, StreamEventKind::Appended, tail);
+                }
+                if commit.close {
+                    self.emit(name, StreamEventKind::Closed, tail);
+                }
+                Ok(AppendOutcome {
+                    result: Ok(AppendAck::Appended {
+                        producer: commit.producer.as_ref().map(|(_, p)| *p),
+                    }),
+                    tail,
+                    closed,
+                    bytes: commit.len(),
+                })
+            }
+            Pending::Answer { target, result } => {
+                // Answer only from durable state.
+                self.barrier(&s, target).await;
+                if matches!(result, Ok(AppendAck::AlreadyClosed)) {
+                    s.touch(now);
+                }
+                let info = s.info();
+                Ok(AppendOutcome {
+                    result,
+                    tail: info.tail,
+                    closed: info.closed,
+                    bytes: 0,
+                })
+            }
+        }
+    }
+
     /// Waits until every commit submitted to `s` before now is durable.
     async fn barrier(&self, s: &Stream<B::Index>, target: u64) {
         let mut rx = s.tail_tx.subscribe();
@@ -388,6 +488,28 @@ impl<B: Backend> Table<B> {
             }
         }
     }
+}
+
+/// An append decided and submitted, not yet answered.
+struct PendingAppend<I> {
+    stream: Arc<Stream<I>>,
+    next: Pending,
+}
+
+enum Pending {
+    /// Accepted and submitted: settle the ticket, then answer.
+    Commit {
+        ticket: Ticket,
+        tail: u64,
+        closed: bool,
+        seq: u64,
+        commit: Commit,
+    },
+    /// Answered without writing, once everything before it is durable.
+    Answer {
+        target: u64,
+        result: Result<AppendAck, append::AppendRejection>,
+    },
 }
 
 /// Everything a checkpoint needs from the table (the backend serializes
@@ -828,94 +950,27 @@ impl<B: Backend> Storage for Table<B> {
         name: &StreamName,
         req: AppendRequest,
     ) -> Result<AppendOutcome, StorageError> {
-        let s = self.live(name)?;
-        let now = now_ms();
-        /// A submitted commit, to settle after the lock is released.
-        struct Submitted {
-            ticket: Ticket,
-            tail: u64,
-            closed: bool,
-            seq: u64,
-            commit: Commit,
+        let pending = self.submit_append(name, &req)?;
+        self.finish_append(name, pending).await
+    }
+
+    async fn append_batch(
+        &self,
+        items: Vec<(StreamName, AppendRequest)>,
+    ) -> Vec<Result<AppendOutcome, StorageError>> {
+        // Submit everything first so one group commit covers the batch.
+        let pending: Vec<_> = items
+            .iter()
+            .map(|(name, req)| self.submit_append(name, req))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for ((name, _), p) in items.iter().zip(pending) {
+            out.push(match p {
+                Ok(p) => self.finish_append(name, p).await,
+                Err(e) => Err(e),
+            });
         }
-        enum Next {
-            Commit(Submitted),
-            Wait(u64),
-        }
-        let (next, result) = {
-            let _gate = self.gate.read();
-            let mut d = s.data.lock();
-            match append::decide(&s.meta, &d.state, &req) {
-                Ok(AppendDecision::Commit(c)) => {
-                    self.check_budget(c.len())?;
-                    let start = d.state.tail;
-                    let ticket = self.backend.submit(
-                        &Op::Append {
-                            id: s.meta.id,
-                            start,
-                            json: s.meta.content_type.is_json(),
-                            commit: c.clone(),
-                        },
-                        Some(&s.index),
-                    )?;
-                    c.apply(&mut d.state);
-                    d.submitted += 1;
-                    let sub = Submitted {
-                        ticket,
-                        tail: d.state.tail,
-                        closed: d.state.closed,
-                        seq: d.submitted,
-                        commit: c,
-                    };
-                    (Next::Commit(sub), None)
-                }
-                Ok(AppendDecision::Duplicate { producer, .. }) => (
-                    Next::Wait(d.submitted),
-                    Some(Ok(AppendAck::Duplicate { producer })),
-                ),
-                Ok(AppendDecision::AlreadyClosed) => {
-                    (Next::Wait(d.submitted), Some(Ok(AppendAck::AlreadyClosed)))
-                }
-                Err(rejection) => (Next::Wait(d.submitted), Some(Err(rejection))),
-            }
-        };
-        match next {
-            Next::Commit(sub) => {
-                self.settle(&s, sub.ticket, sub.tail, sub.closed, sub.seq)
-                    .await?;
-                s.touch(now);
-                let tail = s.meta.offset_at(sub.tail);
-                if !sub.commit.is_empty() {
-                    self.emit(name, StreamEventKind::Appended, tail);
-                }
-                if sub.commit.close {
-                    self.emit(name, StreamEventKind::Closed, tail);
-                }
-                Ok(AppendOutcome {
-                    result: Ok(AppendAck::Appended {
-                        producer: sub.commit.producer.as_ref().map(|(_, p)| *p),
-                    }),
-                    tail,
-                    closed: sub.closed,
-                    bytes: sub.commit.len(),
-                })
-            }
-            Next::Wait(target) => {
-                // Answer only from durable state.
-                self.barrier(&s, target).await;
-                let result = result.unwrap_or(Err(append::AppendRejection::Closed));
-                if matches!(result, Ok(AppendAck::AlreadyClosed)) {
-                    s.touch(now);
-                }
-                let info = s.info();
-                Ok(AppendOutcome {
-                    result,
-                    tail: info.tail,
-                    closed: info.closed,
-                    bytes: 0,
-                })
-            }
-        }
+        out
     }
 
     async fn delete(&self, name: &StreamName) -> Result<(), StorageError> {

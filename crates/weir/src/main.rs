@@ -1,5 +1,6 @@
 //! `weir`: the command line entry point.
 
+mod config;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -15,12 +16,32 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the Durable Streams server.
-    Serve(serve::ServeArgs),
+    Serve(config::Overrides),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Validate the configuration (file, WEIR_* variables, flags); exit 1 on errors.
+    Check(config::Overrides),
+    /// Print the effective configuration as TOML, secrets redacted.
+    Print(config::Overrides),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(o) => serve::run(o),
+        Command::Config(ConfigCmd::Check(o)) => {
+            config::Config::load(&o)?;
+            println!("configuration ok");
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Print(o)) => {
+            print!("{}", config::Config::load(&o)?.to_toml()?);
+            Ok(())
+        }
     }
 }

@@ -1,0 +1,330 @@
+//! Configuration: defaults, then a TOML file, then `WEIR_*` variables and
+//! command-line flags (the last one set wins), merged with figment.
+//!
+//! Every key is documented in docs/configuration.md; `weir config check`
+//! validates a configuration and `weir config print` shows the effective one.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageKind {
+    /// Everything in RAM; lost on exit.
+    Memory,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Production-safe defaults.
+    Default,
+    /// What the official conformance suite needs: 500 ms long-poll, loopback
+    /// webhooks, anonymous pull-wake claims. Never use in production.
+    Conformance,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub profile: Profile,
+    pub server: ServerSection,
+    pub storage: StorageSection,
+    pub log: LogSection,
+}
+
+/// `[server]`: the HTTP listener and protocol settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    pub host: String,
+    pub port: u16,
+    pub public_url: Option<String>,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub header_read_timeout_secs: u64,
+    pub long_poll_timeout_ms: Option<u64>,
+    pub max_body_bytes: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[storage]`: where streams are kept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    pub backend: StorageKind,
+    pub data_dir: PathBuf,
+    pub memory_max_bytes: Option<u64>,
+}
+
+/// `[log]`: stderr logging.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            profile: Profile::Default,
+            server: ServerSection::default(),
+            storage: StorageSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            host: "127.0.0.1".into(),
+            port: 4437,
+            public_url: None,
+            trusted_proxies: Vec::new(),
+            header_read_timeout_secs: 30,
+            long_poll_timeout_ms: None,
+            max_body_bytes: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            backend: StorageKind::Memory,
+            data_dir: PathBuf::from("./data"),
+            memory_max_bytes: None,
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Flags (and their `WEIR_*` variables) that override the file. Unset
+/// flags leave the file's (or the default) value alone.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "WEIR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to bind [default: 127.0.0.1].
+    #[arg(long, env = "WEIR_HOST")]
+    pub host: Option<String>,
+    /// Port to bind (0 picks a free one) [default: 4437].
+    #[arg(long, env = "WEIR_PORT")]
+    pub port: Option<u16>,
+    /// Storage backend [default: memory].
+    #[arg(long, env = "WEIR_STORAGE", value_enum)]
+    pub storage: Option<StorageKind>,
+    /// Data directory of the embedded log backend [default: ./data].
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Settings profile [default: default].
+    #[arg(long, env = "WEIR_PROFILE", value_enum)]
+    pub profile: Option<Profile>,
+    /// Long-poll timeout in milliseconds [default: 20000; 500 in the conformance profile].
+    #[arg(long, env = "WEIR_LONG_POLL_TIMEOUT_MS")]
+    pub long_poll_timeout_ms: Option<u64>,
+    /// Largest request body in bytes [default: 67108864].
+    #[arg(long, env = "WEIR_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Memory budget of the memory backend, in bytes [default: unlimited].
+    #[arg(long, env = "WEIR_MEMORY_MAX_BYTES")]
+    pub memory_max_bytes: Option<u64>,
+    /// Absolute URL clients use to reach this server (for Location, JWKS and callback URLs).
+    #[arg(long, env = "WEIR_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Proxy addresses whose X-Forwarded-Proto/-Host headers are trusted (comma-separated).
+    #[arg(long, env = "WEIR_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxy: Option<Vec<IpAddr>>,
+    /// Seconds a client has to send request headers [default: 30].
+    #[arg(long, env = "WEIR_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// PEM certificate chain; enables TLS (h2 and http/1.1 via ALPN).
+    #[arg(long, env = "WEIR_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WEIR_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `weir_server=debug` [default: info].
+    #[arg(long, env = "WEIR_LOG")]
+    pub log_level: Option<String>,
+    /// Log line format; logs go to stderr [default: text].
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Defaults ← file ← flags/variables.
+    pub fn load(o: &Overrides) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &o.config {
+            if !path.exists() {
+                anyhow::bail!("configuration file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let mut cfg: Config = fig.extract().context("invalid configuration")?;
+        o.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what can be checked without starting the server.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let s = &self.server;
+        match (&s.tls_cert, &s.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                anyhow::bail!("server.tls_cert and server.tls_key go together")
+            }
+            (Some(c), Some(k)) => {
+                for f in [c, k] {
+                    if !Path::new(f).is_file() {
+                        anyhow::bail!("TLS file {} does not exist", f.display());
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        if let Some(u) = &s.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            anyhow::bail!("server.public_url must be an absolute http(s) URL");
+        }
+        format!("{}:{}", s.host, s.port)
+            .parse::<std::net::SocketAddr>()
+            .with_context(|| format!("server.host `{}` is not an IP address", s.host))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .context("log.level is not a valid filter")?;
+        Ok(())
+    }
+
+    /// The configuration as TOML, with secrets redacted.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+impl Overrides {
+    fn apply(&self, c: &mut Config) {
+        if let Some(v) = self.profile {
+            c.profile = v;
+        }
+        let s = &mut c.server;
+        if let Some(v) = &self.host {
+            s.host.clone_from(v);
+        }
+        if let Some(v) = self.port {
+            s.port = v;
+        }
+        if let Some(v) = &self.public_url {
+            s.public_url = Some(v.clone());
+        }
+        if let Some(v) = &self.trusted_proxy {
+            s.trusted_proxies.clone_from(v);
+        }
+        if let Some(v) = self.header_read_timeout_secs {
+            s.header_read_timeout_secs = v;
+        }
+        if let Some(v) = self.long_poll_timeout_ms {
+            s.long_poll_timeout_ms = Some(v);
+        }
+        if let Some(v) = self.max_body_bytes {
+            s.max_body_bytes = Some(v);
+        }
+        if let Some(v) = &self.tls_cert {
+            s.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            s.tls_key = Some(v.clone());
+        }
+        let st = &mut c.storage;
+        if let Some(v) = self.storage {
+            st.backend = v;
+        }
+        if let Some(v) = &self.data_dir {
+            st.data_dir.clone_from(v);
+        }
+        if let Some(v) = self.memory_max_bytes {
+            st.memory_max_bytes = Some(v);
+        }
+        if let Some(v) = &self.log_level {
+            c.log.level.clone_from(v);
+        }
+        if let Some(v) = self.log_format {
+            c.log.format = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "profile = \"conformance\"\n[server]\nport = 9000\nhost = \"0.0.0.0\"\n[log]\nformat = \"json\"\n").unwrap();
+        let o = Overrides {
+            config: Some(path.clone()),
+            port: Some(9001),
+            ..Overrides::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.server.port, 9001, "flag beats file");
+        assert_eq!(c.server.host, "0.0.0.0", "file beats default");
+        assert_eq!(c.profile, Profile::Conformance);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.storage.data_dir, PathBuf::from("./data"));
+        let printed = c.to_toml().unwrap();
+        assert!(printed.contains("port = 9001"));
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "[server]\nprot = 1\n").unwrap();
+        let o = Overrides {
+            config: Some(path.clone()),
+            ..Overrides::default()
+        };
+        assert!(
+            Config::load(&o).is_err(),
+            "unknown keys are errors, not silently ignored"
+        );
+        std::fs::write(&path, "[server]\ntls_cert = \"/nope.pem\"\n").unwrap();
+        assert!(Config::load(&o).is_err());
+        let missing = Overrides {
+            config: Some(dir.path().join("missing.toml")),
+            ..Overrides::default()
+        };
+        assert!(Config::load(&missing).is_err());
+    }
+}

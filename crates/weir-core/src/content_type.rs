@@ -8,8 +8,8 @@
 /// A stream's content type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContentType {
-    raw: String,
-    essence: String,
+    raw: std::sync::Arc<str>,
+    essence: std::sync::Arc<str>,
 }
 
 /// The default when a `PUT` carries no `Content-Type`.
@@ -36,16 +36,16 @@ impl ContentType {
             return None;
         }
         Some(ContentType {
-            raw: raw.to_owned(),
-            essence,
+            raw: raw.into(),
+            essence: essence.into(),
         })
     }
 
     /// The default content type.
     pub fn default_type() -> ContentType {
         ContentType {
-            raw: DEFAULT_CONTENT_TYPE.to_owned(),
-            essence: DEFAULT_CONTENT_TYPE.to_owned(),
+            raw: DEFAULT_CONTENT_TYPE.into(),
+            essence: DEFAULT_CONTENT_TYPE.into(),
         }
     }
 
@@ -66,7 +66,7 @@ impl ContentType {
 
     /// JSON mode (message boundaries, array flattening) applies.
     pub fn is_json(&self) -> bool {
-        self.essence == "application/json"
+        &*self.essence == "application/json"
     }
 
     /// SSE data events carry text as is (otherwise they are base64).

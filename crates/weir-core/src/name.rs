@@ -18,7 +18,7 @@ pub const RESERVED_SEGMENT: &str = "__ds";
 /// A validated stream name such as `chats/42/tokens`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct StreamName(String);
+pub struct StreamName(std::sync::Arc<str>);
 
 impl TryFrom<String> for StreamName {
     type Error = NameError;
@@ -29,7 +29,7 @@ impl TryFrom<String> for StreamName {
 
 impl From<StreamName> for String {
     fn from(n: StreamName) -> String {
-        n.0
+        n.0.to_string()
     }
 }
 
@@ -70,7 +70,7 @@ impl StreamName {
             }
             first = false;
         }
-        Ok(StreamName(name.to_owned()))
+        Ok(StreamName(std::sync::Arc::from(name)))
     }
 
     /// The name as a string slice.

@@ -15,7 +15,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 use rand::Rng;
 use serde::Serialize;
-use tokio::time::Instant;
+use std::pin::Pin;
+
+use tokio::time::Sleep;
 use weir_core::StreamName;
 use weir_core::cursor::next_cursor;
 use weir_core::offset::ReadFrom;
@@ -44,18 +46,20 @@ fn set(resp: &mut Response, name: http::HeaderName, value: &str) {
     }
 }
 
-/// Waits for the watch to tick, the deadline to pass or the server to
-/// begin shutting down. Returns `false` on timeout or shutdown.
-async fn wait(st: &AppState, watch: &mut TailWatch, deadline: Instant) -> bool {
+/// Waits for the watch to tick, the timer to fire or the server to begin
+/// shutting down. Returns `false` on timeout or shutdown. The timer is
+/// created once per request and reused across waits: re-arming a timer per
+/// wake-up showed up in fan-out profiles.
+async fn wait(st: &AppState, watch: &mut TailWatch, timer: &mut Pin<Box<Sleep>>) -> bool {
     tokio::select! {
         r = watch.changed() => {
             if r.is_err() {
                 // The stream was freed; the next read reports why.
-                tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(5))).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             true
         }
-        () = tokio::time::sleep_until(deadline) => false,
+        () = timer.as_mut() => false,
         () = st.closing() => false,
     }
 }
@@ -66,7 +70,7 @@ pub async fn long_poll(
     q: ReadQuery,
 ) -> Result<Response, ApiError> {
     let mut watch = st.storage.watch(&name).await?;
-    let deadline = Instant::now() + st.config.long_poll_timeout;
+    let mut timer = Box::pin(tokio::time::sleep(st.config.long_poll_timeout));
     let mut from = q.offset.unwrap_or(ReadFrom::Start);
     loop {
         let chunk = st
@@ -90,7 +94,7 @@ pub async fn long_poll(
             return Ok(empty_poll(&chunk, None));
         }
         from = ReadFrom::At(chunk.next);
-        if !wait(st, &mut watch, deadline).await {
+        if !wait(st, &mut watch, &mut timer).await {
             return Ok(empty_poll(&chunk, Some(cursor(q.cursor.as_deref()))));
         }
     }
@@ -143,7 +147,7 @@ struct SseState {
     pending: Option<ReadChunk>,
     encoding: Encoding,
     client_cursor: Option<String>,
-    deadline: Instant,
+    timer: Pin<Box<Sleep>>,
     sent_control: bool,
     done: bool,
 }
@@ -174,7 +178,7 @@ pub async fn sse(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Respon
         pending: Some(first),
         encoding,
         client_cursor: q.cursor,
-        deadline: Instant::now() + st.config.sse_max_duration,
+        timer: Box::pin(tokio::time::sleep(st.config.sse_max_duration)),
         sent_control: false,
         done: false,
     };
@@ -228,7 +232,7 @@ async fn next_frame(s: &mut SseState) -> Option<Bytes> {
             s.done = eof;
             return Some(out.freeze());
         }
-        if !wait(&s.st, &mut s.watch, s.deadline).await {
+        if !wait(&s.st, &mut s.watch, &mut s.timer).await {
             return None;
         }
     }

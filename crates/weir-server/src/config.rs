@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub subscriptions: SubscriptionConfig,
     /// Whether the listener terminates TLS (for derived URLs).
     pub tls: bool,
+    /// Compress text-like responses (gzip, br, zstd) for clients that ask.
+    pub compression: bool,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +76,7 @@ impl Default for ServerConfig {
             cache_visibility: CacheVisibility::Public,
             subscriptions: SubscriptionConfig::default(),
             tls: false,
+            compression: true,
         }
     }
 }

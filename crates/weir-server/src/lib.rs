@@ -66,17 +66,49 @@ impl AppState {
     }
 }
 
+/// Whether a response is worth compressing: text-like bodies of 1 KiB or
+/// more. Binary streams are left alone (usually incompressible, and
+/// catch-up reads of them should run at disk/network speed), and so is SSE
+/// (a compressor would buffer events).
+fn compressible(
+    _: http::StatusCode,
+    _: http::Version,
+    h: &http::HeaderMap,
+    _: &http::Extensions,
+) -> bool {
+    let text = h
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.to_ascii_lowercase();
+            (ct.starts_with("text/") && !ct.starts_with("text/event-stream")) || ct.contains("json")
+        });
+    let big = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_none_or(|n| n >= 1024);
+    text && big
+}
+
 /// The application router.
 pub fn router(state: AppState) -> Router {
     let root = state.config.stream_root.trim_end_matches('/').to_owned();
-    Router::new()
+    let compression = state.config.compression;
+    let router = Router::new()
         .route(&format!("{root}/{{*path}}"), any(streams::dispatch))
         .route("/_weir/streams", get(manage::list))
         .route("/_weir/batch", axum::routing::post(manage::batch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(streams::ready))
         .fallback(streams::fallback)
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+    let router = if compression {
+        router.layer(tower_http::compression::CompressionLayer::new().compress_when(compressible))
+    } else {
+        router
+    };
+    router
         .layer(axum::middleware::from_fn(security::headers))
         .with_state(state)
 }

@@ -276,3 +276,65 @@ async fn shutdown_ends_live_reads_cleanly() {
     }
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn text_like_responses_are_compressed_on_request() {
+    let srv = TestServer::start().await;
+    let big: Vec<serde_json::Value> = (0..200)
+        .map(|i| serde_json::json!({"i": i, "msg": "hello hello hello"}))
+        .collect();
+    let body = serde_json::to_vec(&big).unwrap();
+    let r = srv
+        .client
+        .put(srv.url("cj"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    srv.create("cb", "application/octet-stream", &[0u8; 4096])
+        .await;
+    for enc in ["gzip", "br", "zstd"] {
+        let r = srv
+            .client
+            .get(srv.url("cj"))
+            .header("accept-encoding", enc)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(hdr(&r, "content-encoding").as_deref(), Some(enc));
+        assert!(
+            hdr(&r, "stream-next-offset").is_some(),
+            "protocol headers survive compression"
+        );
+    }
+    let r = srv.client.get(srv.url("cj")).send().await.unwrap();
+    assert_eq!(hdr(&r, "content-encoding"), None, "only when asked");
+    let r = srv
+        .client
+        .get(srv.url("cb"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hdr(&r, "content-encoding"),
+        None,
+        "binary streams are not compressed"
+    );
+    let mut r = srv
+        .client
+        .get(format!("{}?offset=-1&live=sse", srv.url("cj")))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hdr(&r, "content-encoding"),
+        None,
+        "SSE is never buffered by a compressor"
+    );
+    let _ = r.chunk().await.unwrap();
+    srv.stop().await;
+}

@@ -60,6 +60,7 @@ pub struct ServerSection {
     pub max_body_bytes: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub compression: bool,
 }
 
 /// `[storage]`: where streams are kept.
@@ -102,6 +103,7 @@ impl Default for ServerSection {
             max_body_bytes: None,
             tls_cert: None,
             tls_key: None,
+            compression: true,
         }
     }
 }

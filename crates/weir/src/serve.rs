@@ -41,6 +41,7 @@ pub fn server_config(c: &Config) -> ServerConfig {
     cfg.public_url.clone_from(&c.server.public_url);
     cfg.trusted_proxies.clone_from(&c.server.trusted_proxies);
     cfg.tls = c.server.tls_cert.is_some();
+    cfg.compression = c.server.compression;
     cfg
 }
 

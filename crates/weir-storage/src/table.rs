@@ -124,10 +124,11 @@ impl<B: Backend> Table<B> {
         &self.backend
     }
 
-    fn emit(&self, name: &StreamName, kind: StreamEventKind, tail: Offset) {
+    fn emit(&self, name: &StreamName, kind: StreamEventKind, prev: Offset, tail: Offset) {
         let _ = self.events.send(StreamEvent {
             name: name.clone(),
             kind,
+            prev,
             tail,
         });
     }
@@ -171,7 +172,7 @@ impl<B: Backend> Table<B> {
             Self::free(reg, s);
         }
         s.tail_tx.send_modify(|t| t.gone = true);
-        self.emit(&s.meta.name, StreamEventKind::Deleted, tail);
+        self.emit(&s.meta.name, StreamEventKind::Deleted, tail, tail);
     }
 
     /// Drops a fully deleted stream's hold on its source, cascading up the
@@ -446,12 +447,13 @@ impl<B: Backend> Table<B> {
             } => {
                 self.settle(&s, ticket, tail, closed, seq).await?;
                 s.touch(now);
+                let prev = s.meta.offset_at(tail - commit.len());
                 let tail = s.meta.offset_at(tail);
                 if !commit.is_empty() {
-                    self.emit(name, StreamEventKind::Appended, tail);
+                    self.emit(name, StreamEventKind::Appended, prev, tail);
                 }
                 if commit.close {
-                    self.emit(name, StreamEventKind::Closed, tail);
+                    self.emit(name, StreamEventKind::Closed, tail, tail);
                 }
                 Ok(AppendOutcome {
                     result: Ok(AppendAck::Appended {
@@ -937,6 +939,7 @@ impl<B: Backend> Storage for Table<B> {
         self.emit(
             &req.name,
             StreamEventKind::Created,
+            stream.meta.offset_at(stream.meta.own_start()),
             stream.meta.offset_at(tail),
         );
         Ok(CreateOutcome {

@@ -127,6 +127,9 @@ pub type TailWatch = tokio::sync::watch::Receiver<Tail>;
 pub struct StreamEvent {
     pub name: StreamName,
     pub kind: StreamEventKind,
+    /// The tail before the change (a new stream: where its own data starts).
+    pub prev: Offset,
+    /// The tail after the change.
     pub tail: Offset,
 }
 

@@ -24,9 +24,12 @@ use weir_storage::memory::MemoryStorage;
 
 /// A webhook receiver on 127.0.0.1:0 that records requests and answers
 /// with a configurable status and body.
+/// A received webhook: its signature header and raw body.
+type Delivery = (Option<String>, Vec<u8>);
+
 #[derive(Clone, Default)]
 struct Receiver {
-    got: Arc<Mutex<Vec<(Option<String>, Vec<u8>)>>>,
+    got: Arc<Mutex<Vec<Delivery>>>,
     reply: Arc<Mutex<(u16, Value)>>,
 }
 

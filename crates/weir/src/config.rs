@@ -16,8 +16,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StorageKind {
+    /// The embedded crash-safe log under `data_dir` (default).
+    Log,
     /// Everything in RAM; lost on exit.
     Memory,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncKind {
+    /// `fdatasync` each group commit before acknowledging (durable).
+    Data,
+    /// No syncs: survives a process crash, not power loss.
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -69,6 +80,9 @@ pub struct ServerSection {
 pub struct StorageSection {
     pub backend: StorageKind,
     pub data_dir: PathBuf,
+    pub sync: SyncKind,
+    pub segment_mib: u64,
+    pub min_free_mib: u64,
     pub memory_max_bytes: Option<u64>,
 }
 
@@ -111,8 +125,11 @@ impl Default for ServerSection {
 impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
-            backend: StorageKind::Memory,
+            backend: StorageKind::Log,
             data_dir: PathBuf::from("./data"),
+            sync: SyncKind::Data,
+            segment_mib: 128,
+            min_free_mib: 256,
             memory_max_bytes: None,
         }
     }
@@ -140,9 +157,12 @@ pub struct Overrides {
     /// Port to bind (0 picks a free one) [default: 4437].
     #[arg(long, env = "WEIR_PORT")]
     pub port: Option<u16>,
-    /// Storage backend [default: memory].
+    /// Storage backend [default: log].
     #[arg(long, env = "WEIR_STORAGE", value_enum)]
     pub storage: Option<StorageKind>,
+    /// Durability of the log backend [default: data].
+    #[arg(long, env = "WEIR_SYNC", value_enum)]
+    pub sync: Option<SyncKind>,
     /// Data directory of the embedded log backend [default: ./data].
     #[arg(long, env = "WEIR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -271,6 +291,9 @@ impl Overrides {
         }
         if let Some(v) = &self.data_dir {
             st.data_dir.clone_from(v);
+        }
+        if let Some(v) = self.sync {
+            st.sync = v;
         }
         if let Some(v) = self.memory_max_bytes {
             st.memory_max_bytes = Some(v);

@@ -11,7 +11,10 @@ use weir_server::{AppState, ServerConfig};
 use weir_storage::Storage;
 use weir_storage::memory::{MemoryOptions, MemoryStorage};
 
-use crate::config::{Config, LogFormat, Overrides, Profile, StorageKind};
+use weir_storage::log::backend::LogOptions;
+use weir_storage::log::engine::{EngineOptions, SyncMode};
+
+use crate::config::{Config, LogFormat, Overrides, Profile, StorageKind, SyncKind};
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
@@ -60,6 +63,33 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         StorageKind::Memory => Arc::new(MemoryStorage::new(MemoryOptions {
             max_bytes: cfg.storage.memory_max_bytes,
         })),
+        StorageKind::Log => {
+            let st = &cfg.storage;
+            let opts = LogOptions {
+                engine: EngineOptions {
+                    segment_size: st.segment_mib * 1024 * 1024,
+                    sync: match st.sync {
+                        SyncKind::Data => SyncMode::Data,
+                        SyncKind::None => SyncMode::None,
+                    },
+                },
+                min_free_bytes: st.min_free_mib * 1024 * 1024,
+                ..LogOptions::default()
+            };
+            let started = std::time::Instant::now();
+            let (log, report) = weir_storage::log::backend::open(&st.data_dir, opts)
+                .with_context(|| format!("opening the log in {}", st.data_dir.display()))?;
+            tracing::info!(
+                dir = %st.data_dir.display(),
+                records = report.records,
+                segments = report.segments,
+                torn = ?report.torn,
+                dropped_segments = report.dropped_segments,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "log recovered"
+            );
+            Arc::new(log)
+        }
     };
     let state = AppState::new(storage.clone(), server_config(&cfg));
     let app = weir_server::router(state.clone());

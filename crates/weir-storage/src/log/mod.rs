@@ -1,4 +1,9 @@
-//! The embedded log backend (work in progress): operations encoded as log
-//! records ([`codec`]).
+//! The embedded log backend: every storage operation is one record in a
+//! shared, segmented, checksummed log with group commit ([`engine`]); see
+//! docs/storage.md for the on-disk format and recovery.
 
+pub mod backend;
 pub mod codec;
+pub mod engine;
+pub mod frame;
+pub mod fs;

@@ -1,0 +1,508 @@
+//! The log engine: framed records in preallocated segment files, one
+//! committer thread doing group commit, recovery that truncates a torn tail.
+//!
+//! Positions (LSNs) are byte positions in the concatenation of all
+//! segments: `segment * segment_size + offset`. A position is assigned when
+//! a record is *submitted* (under a short mutex), so callers know where a
+//! record will live before it is written — which is what lets each record
+//! point back at the previous record of its stream.
+//!
+//! Group commit: submitters push frames to a channel in position order; the
+//! committer drains everything queued, writes it with one positioned write
+//! per touched segment, issues one `fdatasync` per touched segment, then
+//! completes all waiters and advances the durable position. No timer: a
+//! batch forms from whatever arrived while the previous sync ran.
+//!
+//! Failure policy: after any write or sync error the engine is *poisoned* —
+//! every later submission fails — because a retried fsync can report
+//! success for data the kernel already dropped. ENOSPC is reported as
+//! [`LogError::DiskFull`] (and poisons too: the batch may be half written).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::oneshot;
+
+use super::frame::{self, HEADER, KIND_SEGMENT_END, NO_PREV, Slot};
+use super::fs::{Fs, LogFile};
+
+/// Name of the file recording the on-disk format version.
+pub const FORMAT_FILE: &str = "FORMAT";
+/// Current on-disk format.
+pub const FORMAT: &str = "weir-log 1\n";
+
+/// Engine failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    #[error("the log stopped accepting writes after an earlier I/O failure: {0}")]
+    Poisoned(String),
+    #[error("record of {0} bytes exceeds the segment size")]
+    TooLarge(usize),
+    #[error("corrupt record at {lsn}: {reason}")]
+    Corrupt { lsn: u64, reason: String },
+    #[error("unsupported on-disk format {0:?}; this build reads {FORMAT:?}")]
+    UnsupportedFormat(String),
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl From<std::io::Error> for LogError {
+    fn from(e: std::io::Error) -> LogError {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            LogError::DiskFull(e.to_string())
+        } else {
+            LogError::Io(e.to_string())
+        }
+    }
+}
+
+/// How hard the committer syncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// `fdatasync` every batch before acknowledging it (durable; default).
+    #[default]
+    Data,
+    /// No syncs: acknowledged data survives a process crash but not power
+    /// loss. For benchmarks and throwaway data.
+    None,
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub segment_size: u64,
+    pub sync: SyncMode,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            segment_size: 128 * 1024 * 1024,
+            sync: SyncMode::Data,
+        }
+    }
+}
+
+/// A record read during recovery.
+#[derive(Debug)]
+pub struct Recovered {
+    pub lsn: u64,
+    pub kind: u8,
+    pub key: u64,
+    pub prev: u64,
+    pub payload: Bytes,
+}
+
+/// What recovery found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub records: u64,
+    pub segments: u64,
+    /// Where the valid log ended, and why it ended there if not cleanly.
+    pub end_lsn: u64,
+    pub torn: Option<String>,
+    /// Segments after the end that were discarded (never acknowledged).
+    pub dropped_segments: u64,
+}
+
+struct Job {
+    seg: u64,
+    off: u64,
+    frame: Vec<u8>,
+    end: u64,
+    done: Option<oneshot::Sender<Result<(), LogError>>>,
+}
+
+struct Reserve {
+    seg: u64,
+    off: u64,
+    tx: Option<mpsc::Sender<Job>>,
+}
+
+/// The engine.
+pub struct Engine {
+    fs: Arc<dyn Fs>,
+    opts: EngineOptions,
+    reserve: Mutex<Reserve>,
+    files: RwLock<HashMap<u64, Arc<dyn LogFile>>>,
+    durable: AtomicU64,
+    poison: Mutex<Option<String>>,
+    poisoned: AtomicBool,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn seg_name(seg: u64) -> String {
+    format!("wal-{seg:020}.log")
+}
+
+fn parse_seg(name: &str) -> Option<u64> {
+    name.strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
+}
+
+impl Engine {
+    /// Opens (or creates) the log in `fs`, replaying every record with
+    /// position ≥ `from` into `replay`, and truncating a torn tail.
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        opts: EngineOptions,
+        from: u64,
+        mut replay: impl FnMut(Recovered),
+    ) -> Result<(Arc<Engine>, RecoveryReport), LogError> {
+        match fs.read(FORMAT_FILE) {
+            Ok(v) if v == FORMAT.as_bytes() => {}
+            Ok(v) => {
+                return Err(LogError::UnsupportedFormat(
+                    String::from_utf8_lossy(&v).into_owned(),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs.write_atomic(FORMAT_FILE, FORMAT.as_bytes())?
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut segs: Vec<u64> = fs.list()?.iter().filter_map(|n| parse_seg(n)).collect();
+        segs.sort_unstable();
+        let size = opts.segment_size;
+        let mut report = RecoveryReport::default();
+        let mut files = HashMap::new();
+        let mut end: Option<(u64, u64)> = None;
+        for (i, &seg) in segs.iter().enumerate() {
+            let f = fs.open(&seg_name(seg), None)?;
+            files.insert(seg, f.clone());
+            report.segments += 1;
+            let len = f.size()?.min(size);
+            let mut off = 0u64;
+            let stop = loop {
+                if off + HEADER as u64 > len {
+                    break Some("segment ended without an end marker");
+                }
+                let mut h = [0u8; HEADER];
+                f.read_exact_at(&mut h, off)?;
+                match frame::decode_header(&h) {
+                    Slot::Zero => break None,
+                    Slot::Corrupt(why) => break Some(why),
+                    Slot::Valid(h) if h.kind == KIND_SEGMENT_END => {
+                        off = len;
+                        break None;
+                    }
+                    Slot::Valid(h) => {
+                        let flen = frame::frame_len(h.len as usize) as u64;
+                        if off + flen > len {
+                            break Some("record runs past the segment end");
+                        }
+                        let mut payload = vec![0u8; h.len as usize];
+                        f.read_exact_at(&mut payload, off + HEADER as u64)?;
+                        if !frame::payload_ok(&h, &payload) {
+                            break Some("payload checksum mismatch");
+                        }
+                        let lsn = seg * size + off;
+                        if lsn >= from {
+                            replay(Recovered {
+                                lsn,
+                                kind: h.kind,
+                                key: h.key,
+                                prev: h.prev,
+                                payload: Bytes::from(payload),
+                            });
+                        }
+                        report.records += 1;
+                        off += flen;
+                    }
+                }
+            };
+            let clean_end = stop.is_none() && off >= len;
+            if !clean_end {
+                // The log ends inside this segment.
+                if let Some(why) = stop {
+                    report.torn = Some(format!("{why} at segment {seg} offset {off}"));
+                }
+                end = Some((seg, off));
+                for &later in &segs[i + 1..] {
+                    files.remove(&later);
+                    fs.remove(&seg_name(later))?;
+                    report.dropped_segments += 1;
+                }
+                if report.dropped_segments > 0 {
+                    fs.sync_dir()?;
+                }
+                break;
+            }
+        }
+        // New writes always start in a fresh segment: whatever lies after
+        // the end of a torn (or cleanly unterminated) segment is never read.
+        let (next_seg, end_lsn) = match end {
+            Some((seg, off)) => {
+                if off + HEADER as u64 <= size
+                    && let Some(f) = files.get(&seg)
+                {
+                    f.write_all_at(&frame::encode(KIND_SEGMENT_END, 0, NO_PREV, &[]), off)?;
+                    f.sync_data()?;
+                    // Give the unused rest of the segment back to the disk.
+                    let rest = off + HEADER as u64;
+                    let _ = f.punch(rest, size.saturating_sub(rest));
+                }
+                (seg + 1, seg * size + off)
+            }
+            None => {
+                let last = segs.last().map_or(0, |s| s + 1);
+                (last, last * size)
+            }
+        };
+        report.end_lsn = end_lsn;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let engine = Arc::new(Engine {
+            fs,
+            opts,
+            reserve: Mutex::new(Reserve {
+                seg: next_seg,
+                off: 0,
+                tx: Some(tx),
+            }),
+            files: RwLock::new(files),
+            durable: AtomicU64::new(next_seg * size),
+            poison: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
+            committer: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&engine);
+        let handle = std::thread::Builder::new()
+            .name("weir-log-commit".into())
+            .spawn(move || committer(weak, rx))
+            .map_err(LogError::from)?;
+        *engine.committer.lock() = Some(handle);
+        Ok((engine, report))
+    }
+
+    /// Queues a record. Returns its position and a receiver that resolves
+    /// once it is durable. Records are written in submission order.
+    pub fn submit(
+        &self,
+        kind: u8,
+        key: u64,
+        prev: u64,
+        payload: &[u8],
+    ) -> Result<(u64, oneshot::Receiver<Result<(), LogError>>), LogError> {
+        let frame = frame::encode(kind, key, prev, payload);
+        let size = self.opts.segment_size;
+        if frame.len() as u64 + 2 * HEADER as u64 > size {
+            return Err(LogError::TooLarge(frame.len()));
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let mut r = self.reserve.lock();
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(LogError::Poisoned(
+                self.poison.lock().clone().unwrap_or_default(),
+            ));
+        }
+        let tx = r.tx.clone().ok_or(LogError::Closed)?;
+        if r.off + frame.len() as u64 + HEADER as u64 > size {
+            // Close this segment with an end marker; continue in the next.
+            let end_marker = frame::encode(KIND_SEGMENT_END, 0, NO_PREV, &[]);
+            tx.send(Job {
+                seg: r.seg,
+                off: r.off,
+                end: r.seg * size + r.off + end_marker.len() as u64,
+                frame: end_marker,
+                done: None,
+            })
+            .map_err(|_| LogError::Closed)?;
+            r.seg += 1;
+            r.off = 0;
+        }
+        let lsn = r.seg * size + r.off;
+        let len = frame.len() as u64;
+        tx.send(Job {
+            seg: r.seg,
+            off: r.off,
+            end: lsn + len,
+            frame,
+            done: Some(done_tx),
+        })
+        .map_err(|_| LogError::Closed)?;
+        r.off += len;
+        Ok((lsn, done_rx))
+    }
+
+    /// Reads a durable record's header and payload, verifying both CRCs.
+    pub fn read(&self, lsn: u64) -> Result<(frame::Header, Bytes), LogError> {
+        let size = self.opts.segment_size;
+        let (seg, off) = (lsn / size, lsn % size);
+        let f = self.file(seg)?;
+        let mut h = [0u8; HEADER];
+        f.read_exact_at(&mut h, off)?;
+        let header = match frame::decode_header(&h) {
+            Slot::Valid(h) => h,
+            Slot::Zero => {
+                return Err(LogError::Corrupt {
+                    lsn,
+                    reason: "no record here".into(),
+                });
+            }
+            Slot::Corrupt(why) => {
+                return Err(LogError::Corrupt {
+                    lsn,
+                    reason: why.into(),
+                });
+            }
+        };
+        let mut payload = vec![0u8; header.len as usize];
+        f.read_exact_at(&mut payload, off + HEADER as u64)?;
+        if !frame::payload_ok(&header, &payload) {
+            return Err(LogError::Corrupt {
+                lsn,
+                reason: "payload checksum mismatch".into(),
+            });
+        }
+        Ok((header, Bytes::from(payload)))
+    }
+
+    fn file(&self, seg: u64) -> Result<Arc<dyn LogFile>, LogError> {
+        let existing = self.files.read().get(&seg).cloned();
+        if let Some(f) = existing {
+            return Ok(f);
+        }
+        let f = self.fs.open(&seg_name(seg), None)?;
+        self.files.write().insert(seg, f.clone());
+        Ok(f)
+    }
+
+    /// Everything below this position is durable.
+    pub fn durable_lsn(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// The error that stopped writes, if any.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poison.lock().clone()
+    }
+
+    /// Free bytes on the log's device.
+    pub fn free_bytes(&self) -> Result<u64, LogError> {
+        Ok(self.fs.free_bytes()?)
+    }
+
+    /// Segment size in bytes.
+    pub fn segment_size(&self) -> u64 {
+        self.opts.segment_size
+    }
+
+    /// Stops accepting records and waits for queued ones to be written.
+    pub fn close(&self) {
+        self.reserve.lock().tx = None;
+        if let Some(h) = self.committer.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    fn fail(&self, e: &LogError) {
+        let mut p = self.poison.lock();
+        if p.is_none() {
+            tracing::error!(error = %e, "log write failed; refusing further writes");
+            *p = Some(e.to_string());
+        }
+        self.poisoned.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.reserve.get_mut().tx = None;
+    }
+}
+
+/// The committer loop: drain, write, sync, acknowledge.
+fn committer(engine: std::sync::Weak<Engine>, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < 65_536 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let result = if engine.poisoned.load(Ordering::Acquire) {
+            Err(LogError::Poisoned(
+                engine.poison.lock().clone().unwrap_or_default(),
+            ))
+        } else {
+            write_batch(&engine, &jobs)
+        };
+        match result {
+            Ok(end) => {
+                engine.durable.fetch_max(end, Ordering::AcqRel);
+                for j in jobs {
+                    if let Some(d) = j.done {
+                        let _ = d.send(Ok(()));
+                    }
+                }
+            }
+            Err(e) => {
+                engine.fail(&e);
+                let e = match e {
+                    e @ (LogError::DiskFull(_) | LogError::Poisoned(_)) => e,
+                    other => LogError::Poisoned(other.to_string()),
+                };
+                for j in jobs {
+                    if let Some(d) = j.done {
+                        let _ = d.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes a batch (contiguous runs per segment) and syncs what it touched.
+fn write_batch(engine: &Engine, jobs: &[Job]) -> Result<u64, LogError> {
+    let mut i = 0;
+    let mut end = 0;
+    let mut touched: Vec<Arc<dyn LogFile>> = Vec::new();
+    while i < jobs.len() {
+        let seg = jobs[i].seg;
+        let start = jobs[i].off;
+        let mut buf = Vec::new();
+        let mut j = i;
+        while j < jobs.len() && jobs[j].seg == seg && jobs[j].off == start + buf.len() as u64 {
+            buf.extend_from_slice(&jobs[j].frame);
+            end = end.max(jobs[j].end);
+            j += 1;
+        }
+        let existing = engine.files.read().get(&seg).cloned();
+        let f = match existing {
+            Some(f) => f,
+            None => {
+                let f = engine
+                    .fs
+                    .open(&seg_name(seg), Some(engine.opts.segment_size))?;
+                engine.fs.sync_dir()?;
+                engine.files.write().insert(seg, f.clone());
+                f
+            }
+        };
+        f.write_all_at(&buf, start)?;
+        if !touched.iter().any(|t| Arc::ptr_eq(t, &f)) {
+            touched.push(f);
+        }
+        i = j;
+    }
+    if engine.opts.sync == SyncMode::Data {
+        for f in &touched {
+            f.sync_data()?;
+        }
+    }
+    Ok(end)
+}

@@ -1,0 +1,347 @@
+//! Authentication: every method ends in one [`Principal`].
+//!
+//! Credentials are read from `Authorization: Bearer <credential>` (API keys
+//! are recognised by their `wk_` prefix, everything else is a JWT) or from
+//! `X-Api-Key: wk_…`. Modes:
+//! * `none` (the local default): credentials are ignored and every request
+//!   is the anonymous principal of `default_tenant`, with `anonymous_roles`
+//!   (default `admin`: nothing is protected, as before the layer existed);
+//! * `optional`: credentials are verified when present (bad ones are refused,
+//!   never silently downgraded to anonymous); requests without credentials
+//!   are anonymous with `anonymous_roles` (default: none);
+//! * `required`: requests without valid credentials get `401`.
+
+pub mod apikey;
+pub mod jwt;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::authz::{PermissionTable, validate_tenant};
+use crate::clock::SharedClock;
+use crate::principal::{AuthError, Principal, TokenVerifier};
+
+use apikey::{ApiKeyConfig, ApiKeyStore, ApiKeys};
+use jwt::{JwtConfig, JwtConfigError, JwtVerifier};
+
+/// How strictly requests must authenticate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+/// Authentication settings (config `[auth]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The tenant of anonymous principals and of tokens without a tenant claim.
+    pub default_tenant: String,
+    /// Roles of the anonymous principal. Unset: `["admin"]` in mode `none`,
+    /// `[]` otherwise.
+    pub anonymous_roles: Option<Vec<String>>,
+    /// Paths (exact) served without authentication, e.g. probes.
+    pub public_paths: Vec<String>,
+    pub api_keys: ApiKeyConfig,
+    /// JWT verification; absent: JWTs are not accepted.
+    pub jwt: Option<JwtConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            default_tenant: "default".into(),
+            anonymous_roles: None,
+            public_paths: vec!["/healthz".into(), "/readyz".into()],
+            api_keys: ApiKeyConfig::default(),
+            jwt: None,
+        }
+    }
+}
+
+/// An authentication configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error(transparent)]
+    Jwt(#[from] JwtConfigError),
+    #[error("auth.api_keys: {0}")]
+    KeyStore(#[from] apikey::StoreError),
+    #[error("auth.mode = {0:?} needs auth.jwt or auth.api_keys.enabled")]
+    NoMethod(AuthMode),
+    #[error("auth.default_tenant: {0}")]
+    Tenant(#[from] crate::authz::InvalidTenant),
+}
+
+/// All enabled methods behind one call.
+pub struct Authenticator {
+    mode: AuthMode,
+    jwt: Option<Arc<JwtVerifier>>,
+    api_keys: Option<Arc<ApiKeys>>,
+    anonymous: Principal,
+    public_paths: Vec<String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("mode", &self.mode)
+            .field("jwt", &self.jwt)
+            .field("api_keys", &self.api_keys.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// Builds the authenticator. API keys, when enabled, live in `store`, or
+    /// (if `None`) in the store `auth.api_keys` configures.
+    pub fn new(
+        cfg: AuthConfig,
+        table: Arc<PermissionTable>,
+        store: Option<Arc<dyn ApiKeyStore>>,
+        clock: SharedClock,
+    ) -> Result<Authenticator, AuthConfigError> {
+        validate_tenant(&cfg.default_tenant)?;
+        let jwt = match cfg.jwt {
+            Some(j) => Some(Arc::new(JwtVerifier::new(
+                j,
+                table.clone(),
+                cfg.default_tenant.clone(),
+                clock.clone(),
+            )?)),
+            None => None,
+        };
+        let api_keys = if cfg.api_keys.enabled {
+            let store = match store {
+                Some(s) => s,
+                None => cfg.api_keys.open_store()?,
+            };
+            Some(Arc::new(ApiKeys::new(
+                store,
+                cfg.api_keys.clone(),
+                table.clone(),
+                clock,
+            )))
+        } else {
+            None
+        };
+        if cfg.mode != AuthMode::None && jwt.is_none() && api_keys.is_none() {
+            return Err(AuthConfigError::NoMethod(cfg.mode));
+        }
+        let roles = cfg.anonymous_roles.unwrap_or_else(|| match cfg.mode {
+            AuthMode::None => vec!["admin".into()],
+            _ => Vec::new(),
+        });
+        let mut anonymous = Principal::new("anonymous", cfg.default_tenant);
+        anonymous.roles = roles;
+        table.apply(&mut anonymous);
+        Ok(Authenticator {
+            mode: cfg.mode,
+            jwt,
+            api_keys,
+            anonymous,
+            public_paths: cfg.public_paths,
+        })
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    pub fn jwt(&self) -> Option<&Arc<JwtVerifier>> {
+        self.jwt.as_ref()
+    }
+
+    pub fn api_keys(&self) -> Option<&Arc<ApiKeys>> {
+        self.api_keys.as_ref()
+    }
+
+    /// The anonymous principal.
+    pub fn anonymous(&self) -> &Principal {
+        &self.anonymous
+    }
+
+    /// Whether `path` skips authentication.
+    pub fn is_public(&self, path: &str) -> bool {
+        self.public_paths.iter().any(|p| p == path)
+    }
+
+    /// Authenticates a request by its headers.
+    pub async fn authenticate(&self, h: &http::HeaderMap) -> Result<Principal, AuthError> {
+        if self.mode == AuthMode::None {
+            return Ok(self.anonymous.clone());
+        }
+        match credential(h)? {
+            Some(c) => self.verify(c).await,
+            None if self.mode == AuthMode::Optional => Ok(self.anonymous.clone()),
+            None => Err(AuthError::Missing),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenVerifier for Authenticator {
+    /// Verifies one credential (an API key or a JWT), whatever the mode.
+    async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.starts_with(apikey::PREFIX) {
+            match &self.api_keys {
+                Some(k) => k.verify_key(token).await,
+                None => Err(AuthError::MethodDisabled),
+            }
+        } else {
+            match &self.jwt {
+                Some(j) => j.verify_token(token).await,
+                None => Err(AuthError::MethodDisabled),
+            }
+        }
+    }
+}
+
+/// The credential of a request: `Authorization: Bearer …` or `X-Api-Key`.
+/// Another scheme, or both headers, is malformed (ambiguous credentials are
+/// refused rather than guessed at).
+pub fn credential(h: &http::HeaderMap) -> Result<Option<&str>, AuthError> {
+    let auth = h.get(http::header::AUTHORIZATION);
+    let key = h.get("x-api-key");
+    fn text(v: &http::HeaderValue) -> Result<&str, AuthError> {
+        v.to_str()
+            .map_err(|_| AuthError::Malformed("credential is not ASCII".into()))
+    }
+    match (auth, key) {
+        (Some(_), Some(_)) => Err(AuthError::Malformed(
+            "both Authorization and X-Api-Key are set".into(),
+        )),
+        (Some(a), None) => {
+            let a = text(a)?;
+            let (scheme, rest) = a.split_once(' ').unwrap_or((a, ""));
+            let token = rest.trim();
+            if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+                return Err(AuthError::Malformed(
+                    "expected `Authorization: Bearer <token>`".into(),
+                ));
+            }
+            Ok(Some(token))
+        }
+        (None, Some(k)) => {
+            let k = text(k)?.trim();
+            if k.is_empty() {
+                return Err(AuthError::Malformed("empty X-Api-Key".into()));
+            }
+            Ok(Some(k))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::Permission;
+
+    fn h(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut m = http::HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn credentials_are_read_strictly() {
+        assert_eq!(credential(&h(&[])).unwrap(), None);
+        assert_eq!(
+            credential(&h(&[("authorization", "Bearer abc")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            credential(&h(&[("authorization", "bearer  abc ")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            credential(&h(&[("x-api-key", "wk_x")])).unwrap(),
+            Some("wk_x")
+        );
+        for bad in [
+            vec![("authorization", "Basic dTpw")],
+            vec![("authorization", "Bearer")],
+            vec![("authorization", "Bearer a"), ("x-api-key", "wk_x")],
+        ] {
+            assert!(credential(&h(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn modes() {
+        let table = Arc::new(PermissionTable::default());
+        let none = Authenticator::new(
+            AuthConfig::default(),
+            table.clone(),
+            None,
+            crate::clock::system(),
+        )
+        .unwrap();
+        let p = none
+            .authenticate(&h(&[("authorization", "Bearer garbage")]))
+            .await
+            .unwrap();
+        assert!(p.is_anonymous() && p.can(Permission::Admin));
+        assert_eq!(p.tenant, "default");
+
+        let store: Arc<dyn ApiKeyStore> = Arc::new(apikey::MemoryApiKeyStore::default());
+        let mut cfg = AuthConfig {
+            mode: AuthMode::Optional,
+            default_tenant: "pub".into(),
+            ..Default::default()
+        };
+        cfg.api_keys.enabled = true;
+        let optional = Authenticator::new(
+            cfg.clone(),
+            table.clone(),
+            Some(store.clone()),
+            crate::clock::system(),
+        )
+        .unwrap();
+        let anon = optional.authenticate(&h(&[])).await.unwrap();
+        assert!(anon.is_anonymous() && anon.permissions.is_empty());
+        assert_eq!(anon.tenant, "pub");
+        // Bad credentials are refused even though anonymous access is allowed.
+        assert!(
+            optional
+                .authenticate(&h(&[("authorization", "Bearer wk_bad")]))
+                .await
+                .is_err()
+        );
+        // JWTs are not enabled here.
+        assert_eq!(
+            optional.verify("eyJ.a.b").await,
+            Err(AuthError::MethodDisabled)
+        );
+
+        cfg.mode = AuthMode::Required;
+        let required = Authenticator::new(
+            cfg.clone(),
+            table.clone(),
+            Some(store),
+            crate::clock::system(),
+        )
+        .unwrap();
+        assert_eq!(
+            required.authenticate(&h(&[])).await,
+            Err(AuthError::Missing)
+        );
+
+        cfg.api_keys.enabled = false;
+        assert!(matches!(
+            Authenticator::new(cfg, table, None, crate::clock::system()),
+            Err(AuthConfigError::NoMethod(AuthMode::Required))
+        ));
+    }
+}

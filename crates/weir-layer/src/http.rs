@@ -1,0 +1,486 @@
+//! The HTTP side: tower layers, axum extractors and `IntoResponse` for
+//! [`Problem`].
+//!
+//! Mount order, outermost first (with `Router::layer`, the *last* call is
+//! the outermost):
+//!
+//! ```text
+//! RequestIdLayer   id in, X-Request-Id out, span, correlation_id in problem bodies
+//!  MetricsLayer    weir_http_* by route template / method / status
+//!   AuthLayer      Principal into extensions, or 401/503 problem
+//!    RateLimitLayer 429 with Retry-After / RateLimit / RateLimit-Policy
+//!     handlers
+//! ```
+//!
+//! [`apply`] does exactly that. Use `Router::layer` (not a layer around the
+//! whole `Router` service) so `MatchedPath` — the route template used as the
+//! metrics label — is already known; the fallback route gets the label
+//! `unmatched`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use http::request::Parts;
+use http::{HeaderValue, Request, StatusCode};
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::auth::Authenticator;
+use crate::metrics::names;
+use crate::principal::{AuthError, Principal};
+use crate::problem::{PROBLEM_JSON, Problem};
+use crate::ratelimit::{self, RateLimiter, RequestInfo, Verdict};
+use crate::request_id::{RequestId, X_REQUEST_ID};
+
+/// Largest foreign problem body the request-id layer rewrites to add
+/// `correlation_id` (problem bodies are small; anything bigger is left alone).
+const MAX_REWRITE: usize = 64 * 1024;
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, self.to_json()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_JSON),
+        );
+        for (k, v) in &self.headers {
+            h.append(k.clone(), v.clone());
+        }
+        // Lets the request-id layer add `correlation_id` without re-parsing.
+        resp.extensions_mut().insert(self);
+        resp
+    }
+}
+
+// ---------------------------------------------------------------- request id
+
+/// Assigns the request id (see [`crate::request_id`]), opens the request's
+/// tracing span, echoes `X-Request-Id` on every response and puts
+/// `correlation_id` into every `application/problem+json` body.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for RequestIdService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let (id, traceparent) = RequestId::from_headers(req.headers());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id,
+            method = %req.method(),
+            path = %req.uri().path(),
+            tenant = tracing::field::Empty,
+            principal = tracing::field::Empty,
+        );
+        req.extensions_mut().insert(id.clone());
+        if let Some(tp) = traceparent {
+            req.extensions_mut().insert(tp);
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(
+            async move {
+                let resp = inner.call(req).await?;
+                Ok(stamp(resp, &id).await)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Adds the id to the response head and to a problem body.
+async fn stamp(resp: Response, id: &RequestId) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        parts.headers.insert(&X_REQUEST_ID, v);
+    }
+    if let Some(mut p) = parts.extensions.remove::<Problem>() {
+        if p.correlation_id.is_none() {
+            p.correlation_id = Some(id.to_string());
+        }
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(p.to_json()));
+    }
+    let is_problem = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
+    if !is_problem {
+        return Response::from_parts(parts, body);
+    }
+    // A problem body built elsewhere (e.g. weir-server's own errors): only
+    // small bodies of known length are rewritten; others pass untouched.
+    let small = http_body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n <= MAX_REWRITE as u64);
+    if !small {
+        return Response::from_parts(parts, body);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_REWRITE).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
+        Ok(mut m) if !m.contains_key("correlation_id") => {
+            m.insert("correlation_id".into(), id.to_string().into());
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            let json = serde_json::to_vec(&m).unwrap_or_else(|_| bytes.to_vec());
+            Response::from_parts(parts, Body::from(json))
+        }
+        _ => Response::from_parts(parts, Body::from(bytes)),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate))
+    }
+}
+
+// ---------------------------------------------------------------- auth
+
+/// Authenticates every request and inserts its [`Principal`]; refusals
+/// answer `401 unauthorized` (with `WWW-Authenticate: Bearer`) or `503
+/// auth_unavailable`. `OPTIONS` (CORS preflights carry no credentials) and
+/// the configured public paths pass as the anonymous principal.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Authenticator>) -> AuthLayer {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S, B> Service<Request<B>> for AuthService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let skip = req.method() == http::Method::OPTIONS || auth.is_public(req.uri().path());
+            let result = if skip {
+                Ok(auth.anonymous().clone())
+            } else {
+                auth.authenticate(req.headers()).await
+            };
+            match result {
+                Ok(p) => {
+                    let span = tracing::Span::current();
+                    span.record("tenant", p.tenant.as_str());
+                    span.record("principal", p.subject.as_str());
+                    req.extensions_mut().insert(p);
+                    inner.call(req).await
+                }
+                Err(e) => {
+                    let method = method_label(req.headers());
+                    metrics::counter!(names::AUTH_FAILURES, "method" => method, "reason" => e.label())
+                        .increment(1);
+                    if matches!(e, AuthError::Unavailable(_)) {
+                        tracing::warn!(error = %e, "authentication unavailable");
+                    } else {
+                        tracing::info!(reason = e.label(), error = %e, "authentication refused");
+                    }
+                    Ok(e.to_problem().into_response())
+                }
+            }
+        })
+    }
+}
+
+fn method_label(h: &http::HeaderMap) -> &'static str {
+    match crate::auth::credential(h) {
+        Ok(Some(c)) if c.starts_with(crate::auth::apikey::PREFIX) => "api_key",
+        Ok(Some(_)) => "jwt",
+        Ok(None) => "none",
+        Err(_) => "malformed",
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = Problem;
+    /// The principal the [`AuthLayer`] inserted. Its absence is a wiring
+    /// bug (the layer is not mounted on this route), answered with 500
+    /// rather than silently treating the caller as anyone.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+            tracing::error!("no Principal in request extensions: AuthLayer is not mounted");
+            Problem::internal()
+        })
+    }
+}
+
+// ---------------------------------------------------------------- rate limit
+
+/// The client address the rate limiter keys anonymous callers by. The
+/// server inserts it after applying its trusted-proxy rules; without it the
+/// layer uses the TCP peer (`ConnectInfo<SocketAddr>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// Applies the [`RateLimiter`] after authentication.
+#[derive(Clone, Debug)]
+pub struct RateLimitLayer {
+    limiter: Arc<RateLimiter>,
+}
+
+impl RateLimitLayer {
+    pub fn new(limiter: Arc<RateLimiter>) -> RateLimitLayer {
+        RateLimitLayer { limiter }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RateLimitService<S> {
+    inner: S,
+    limiter: Arc<RateLimiter>,
+}
+
+impl<S, B> Service<Request<B>> for RateLimitService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limiter = self.limiter.clone();
+        Box::pin(async move {
+            if !limiter.config().enabled {
+                return inner.call(req).await;
+            }
+            let ip = req.extensions().get::<ClientIp>().map(|c| c.0).or_else(|| {
+                req.extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip())
+            });
+            let verdict = limiter
+                .check(RequestInfo {
+                    method: req.method(),
+                    path: req.uri().path(),
+                    principal: req.extensions().get::<Principal>(),
+                    ip,
+                })
+                .await;
+            match verdict {
+                Verdict::Allowed(ds) => {
+                    let mut resp = inner.call(req).await?;
+                    if limiter.config().headers_on_success {
+                        let h = resp.headers_mut();
+                        if let Some(v) = ratelimit::ratelimit_header(&ds)
+                            .and_then(|v| HeaderValue::from_str(&v).ok())
+                        {
+                            h.insert("ratelimit", v);
+                        }
+                        if let Some(v) = ratelimit::policy_header(&ds)
+                            .and_then(|v| HeaderValue::from_str(&v).ok())
+                        {
+                            h.insert("ratelimit-policy", v);
+                        }
+                    }
+                    Ok(resp)
+                }
+                Verdict::Limited(ds) => Ok(ratelimit::limited_problem(&ds).into_response()),
+                Verdict::Unavailable => Ok(ratelimit::unavailable_problem().into_response()),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// Records `weir_http_requests_total`, `weir_http_request_duration_seconds`
+/// (to the response head: a streamed SSE body is not included, or every
+/// live read would count as minutes) and `weir_http_requests_in_flight`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetricsLayer;
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricsService<S> {
+    inner: S,
+}
+
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        metrics::gauge!(names::HTTP_IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(names::HTTP_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+fn method_name(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+impl<S, B> Service<Request<B>> for MetricsService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+        let method = method_name(req.method());
+        Box::pin(async move {
+            let start = Instant::now();
+            let guard = InFlight::start();
+            let resp = inner.call(req).await?;
+            drop(guard);
+            let status = resp.status().as_u16().to_string();
+            metrics::counter!(names::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
+                .increment(1);
+            metrics::histogram!(names::HTTP_DURATION, "route" => route, "method" => method)
+                .record(start.elapsed().as_secs_f64());
+            Ok(resp)
+        })
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub async fn metrics_handler() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// Mounts the whole stack on a router in the documented order. `limiter`
+/// `None` (or disabled in config) skips rate limiting.
+pub fn apply<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+    auth: Arc<Authenticator>,
+    limiter: Option<Arc<RateLimiter>>,
+) -> axum::Router<S> {
+    let router = match limiter {
+        Some(l) => router.layer(RateLimitLayer::new(l)),
+        None => router,
+    };
+    router
+        .layer(AuthLayer::new(auth))
+        .layer(MetricsLayer)
+        .layer(RequestIdLayer)
+}

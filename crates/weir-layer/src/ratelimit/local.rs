@@ -1,0 +1,172 @@
+//! The in-process GCRA store with a hard memory bound.
+//!
+//! Keys are hashed to 128 bits with two randomly keyed SipHashes (fixed-size
+//! entries whatever the key length, and no attacker-chosen collisions), so
+//! an entry costs the same ~25 bytes for a short IP as for a long JWT
+//! subject. Each of 64 shards holds at most `max_keys / 64` entries. When a
+//! shard is full, keys whose TAT has passed are dropped first — they are
+//! fully replenished, so forgetting them changes nothing; if the shard is
+//! still full, the ⅛ of keys closest to replenishment go (the least state
+//! lost). Memory therefore stays bounded under any key spray; the price of a
+//! spray is that some of its victims' limits reset early, never that memory
+//! grows. [`LocalBackend::sweep`] drops replenished keys periodically so an
+//! idle node gives its memory back.
+//!
+//! Why not the `governor` crate: its keyed store evicts only replenished
+//! keys (`retain_recent`), so a burst of distinct keys within one emission
+//! interval grows it without bound; it also cannot report the remaining
+//! quota and reset time the `RateLimit` header needs without extra
+//! middleware state, and its arithmetic would differ from the Redis script's.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+
+use parking_lot::Mutex;
+
+use super::gcra::{self, Decision, Limit};
+use crate::clock::SharedClock;
+
+const SHARDS: usize = 64;
+
+/// Per-entry bytes of a `HashMap<u128, u64>` slot (key, value, control byte).
+const ENTRY_BYTES: usize = 16 + 8 + 1;
+
+#[derive(Debug)]
+pub struct LocalBackend {
+    shards: Vec<Mutex<HashMap<u128, u64>>>,
+    per_shard: usize,
+    hashers: (RandomState, RandomState),
+    clock: SharedClock,
+}
+
+impl LocalBackend {
+    /// A store of at most `max_keys` keys (rounded up to a multiple of 64).
+    pub fn new(max_keys: usize, clock: SharedClock) -> LocalBackend {
+        let per_shard = max_keys.div_ceil(SHARDS).max(1);
+        LocalBackend {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_capacity(per_shard.min(1024))))
+                .collect(),
+            per_shard,
+            hashers: (RandomState::new(), RandomState::new()),
+            clock,
+        }
+    }
+
+    fn hash(&self, key: &str) -> u128 {
+        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+    }
+
+    fn now_us(&self) -> u64 {
+        self.clock.now().as_micros().min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Checks `key` against `limit`.
+    pub fn check(&self, key: &str, limit: &Limit, cost: u64) -> Decision {
+        let h = self.hash(key);
+        let now = self.now_us();
+        let mut shard = self.shards[(h as usize) % SHARDS].lock();
+        let (decision, new_tat) = gcra::check(shard.get(&h).copied(), now, limit, cost);
+        if let Some(t) = new_tat {
+            if !shard.contains_key(&h) && shard.len() >= self.per_shard {
+                evict(&mut shard, now, self.per_shard);
+            }
+            shard.insert(h, t);
+        }
+        decision
+    }
+
+    /// Drops every replenished key; returns how many went.
+    pub fn sweep(&self) -> usize {
+        let now = self.now_us();
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut s = s.lock();
+                let before = s.len();
+                s.retain(|_, tat| *tat > now);
+                if s.capacity() > 4 * s.len().max(256) {
+                    s.shrink_to_fit();
+                }
+                before - s.len()
+            })
+            .sum()
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most keys this store will ever hold.
+    pub fn max_keys(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+
+    /// Bytes allocated for entries (table capacity × slot size): what the
+    /// memory bound is about.
+    pub fn allocated_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().capacity() * ENTRY_BYTES)
+            .sum()
+    }
+}
+
+fn evict(shard: &mut HashMap<u128, u64>, now: u64, per_shard: usize) {
+    shard.retain(|_, tat| *tat > now);
+    if shard.len() < per_shard {
+        return;
+    }
+    let n = (per_shard / 8).max(1);
+    let mut tats: Vec<u64> = shard.values().copied().collect();
+    let (_, cutoff, _) = tats.select_nth_unstable(n - 1);
+    let cutoff = *cutoff;
+    let mut removed = 0;
+    shard.retain(|_, tat| {
+        if removed < n && *tat <= cutoff {
+            removed += 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::time::Duration;
+
+    #[test]
+    fn limits_per_key() {
+        let clock = ManualClock::new();
+        let b = LocalBackend::new(1000, clock.clone());
+        let l = Limit::per_second(2);
+        assert!(b.check("a", &l, 1).allowed);
+        assert!(b.check("a", &l, 1).allowed);
+        assert!(!b.check("a", &l, 1).allowed);
+        assert!(b.check("b", &l, 1).allowed);
+        clock.advance(Duration::from_millis(500));
+        assert!(b.check("a", &l, 1).allowed);
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(b.sweep(), 2);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn eviction_prefers_replenished_then_oldest() {
+        let clock = ManualClock::new();
+        let b = LocalBackend::new(64, clock.clone()); // one key per shard
+        let l = Limit::per_second(1);
+        for i in 0..10_000 {
+            b.check(&format!("k{i}"), &l, 1);
+        }
+        assert!(b.len() <= 64);
+    }
+}

@@ -1,0 +1,751 @@
+//! Rate limiting: GCRA limits keyed per principal, API key, tenant or (for
+//! anonymous callers) IP, with plans (tiers) and per-route/per-method rules.
+//!
+//! Every rule whose methods and path prefix match a request is checked; the
+//! request is refused if any rule refuses it (`429 rate_limited` with
+//! `Retry-After`, `RateLimit` and `RateLimit-Policy` per
+//! draft-ietf-httpapi-ratelimit-headers-10/11). The plan of a request is
+//! `anonymous_plan` for anonymous callers, else `tenant_plans[tenant]`, else
+//! `default_plan`; a rule with no limit for that plan does not apply to it.
+//!
+//! Backends: `local` (per node, [`local::LocalBackend`]) or `redis` (shared
+//! by all nodes, [`redis::RedisBackend`]). If Redis is unreachable,
+//! `fail_mode` decides: `local` (default) enforces the same limits per node,
+//! `open` lets requests through, `closed` answers `503
+//! rate_limiter_unavailable`. Either way [`RateLimiter::health`] reports it
+//! (for `/readyz`) and `weir_ratelimit_backend_up` drops to 0.
+
+pub mod gcra;
+pub mod local;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clock::SharedClock;
+use crate::metrics::names;
+use crate::principal::{AuthMethod, Principal};
+use crate::problem::{ErrorCode, Problem};
+use crate::secret::{self, Secret};
+
+pub use gcra::{Decision, Limit};
+
+/// Where limit state lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    #[default]
+    Local,
+    Redis,
+}
+
+/// What to do while Redis is unreachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Enforce the same limits per node (a cluster of N nodes then allows up
+    /// to N× the limit).
+    #[default]
+    Local,
+    /// No limits until Redis is back.
+    Open,
+    /// Refuse limited requests with `503 rate_limiter_unavailable`.
+    Closed,
+}
+
+/// What a rule's key is made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyBy {
+    /// The API key for API-key callers, the subject for JWT callers, the IP
+    /// for anonymous callers.
+    #[default]
+    Auto,
+    /// The subject (tenant-qualified), whatever the method; IP for anonymous.
+    Principal,
+    /// The whole tenant shares one limit.
+    Tenant,
+    /// The client IP, even for authenticated callers.
+    Ip,
+}
+
+/// One rule (config `[[rate_limit.rules]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Policy name, reported in `RateLimit-Policy` (`"{name}.{plan}"`).
+    pub name: String,
+    /// HTTP methods (upper case) this rule covers; empty: all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path prefix this rule covers.
+    #[serde(default = "root")]
+    pub path_prefix: String,
+    #[serde(default)]
+    pub key: KeyBy,
+    /// Quota units one request costs.
+    #[serde(default = "one")]
+    pub cost: u64,
+    /// Limit per plan.
+    pub limits: BTreeMap<String, Limit>,
+}
+
+fn root() -> String {
+    "/".into()
+}
+fn one() -> u64 {
+    1
+}
+
+/// Rate-limit settings (config `[rate_limit]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub backend: BackendKind,
+    pub redis_url: Option<Secret>,
+    pub redis_url_file: Option<PathBuf>,
+    pub redis_key_prefix: String,
+    /// A Redis call slower than this counts as a failure.
+    pub redis_timeout_ms: u64,
+    /// After a failure, Redis is skipped this long before it is tried again.
+    pub redis_retry_ms: u64,
+    pub fail_mode: FailMode,
+    /// Most keys the local backend holds (memory bound: ~25 bytes each).
+    pub local_max_keys: usize,
+    /// Send `RateLimit`/`RateLimit-Policy` on allowed responses too.
+    pub headers_on_success: bool,
+    pub default_plan: String,
+    pub anonymous_plan: String,
+    /// tenant → plan.
+    pub tenant_plans: BTreeMap<String, String>,
+    pub rules: Vec<Rule>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        let limits = [
+            (
+                "default".to_owned(),
+                Limit {
+                    requests: 100,
+                    window_secs: 1,
+                    burst: Some(200),
+                },
+            ),
+            (
+                "anonymous".to_owned(),
+                Limit {
+                    requests: 20,
+                    window_secs: 1,
+                    burst: Some(40),
+                },
+            ),
+        ];
+        RateLimitConfig {
+            enabled: false,
+            backend: BackendKind::Local,
+            redis_url: None,
+            redis_url_file: None,
+            redis_key_prefix: "weir:rl:".into(),
+            redis_timeout_ms: 50,
+            redis_retry_ms: 1000,
+            fail_mode: FailMode::Local,
+            local_max_keys: 100_000,
+            headers_on_success: true,
+            default_plan: "default".into(),
+            anonymous_plan: "anonymous".into(),
+            tenant_plans: BTreeMap::new(),
+            rules: vec![Rule {
+                name: "global".into(),
+                methods: Vec::new(),
+                path_prefix: "/".into(),
+                key: KeyBy::Auto,
+                cost: 1,
+                limits: limits.into_iter().collect(),
+            }],
+        }
+    }
+}
+
+/// A rate-limit configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitConfigError {
+    #[error(transparent)]
+    Secret(#[from] secret::SecretError),
+    #[error("rate_limit.backend = \"redis\" needs redis_url or redis_url_file")]
+    NoRedisUrl,
+    #[error("rate_limit: this build has no Redis support (feature `redis`)")]
+    NoRedisSupport,
+    #[error("rate_limit: {0}")]
+    Redis(String),
+    #[error(
+        "rate_limit.rules.{rule}.limits.{plan}: requests, window_secs and burst must be positive"
+    )]
+    BadLimit { rule: String, plan: String },
+}
+
+/// What the limiter knows about a request.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestInfo<'a> {
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub principal: Option<&'a Principal>,
+    pub ip: Option<IpAddr>,
+}
+
+/// One applied policy and its decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyDecision {
+    /// `"{rule}.{plan}"`.
+    pub policy: String,
+    pub limit: Limit,
+    pub decision: Decision,
+}
+
+/// The verdict on a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed; the decisions of every applied policy (maybe none).
+    Allowed(Vec<PolicyDecision>),
+    /// Refused by at least one policy.
+    Limited(Vec<PolicyDecision>),
+    /// The shared backend is down and `fail_mode = "closed"`.
+    Unavailable,
+}
+
+/// Backend health for `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LimiterHealth {
+    pub backend: BackendKind,
+    /// False while Redis is unreachable (fallback in force).
+    pub healthy: bool,
+    pub fail_mode: FailMode,
+    pub last_error: Option<String>,
+    pub local_keys: usize,
+}
+
+/// The limiter.
+pub struct RateLimiter {
+    cfg: RateLimitConfig,
+    local: Arc<local::LocalBackend>,
+    #[cfg(feature = "redis")]
+    redis: Option<redis::RedisBackend>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("backend", &self.cfg.backend)
+            .field("rules", &self.cfg.rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    /// Builds the limiter. With the Redis backend this must run inside a
+    /// tokio runtime; it does not wait for Redis (which may be down).
+    pub fn new(
+        cfg: RateLimitConfig,
+        clock: SharedClock,
+    ) -> Result<RateLimiter, RateLimitConfigError> {
+        for r in &cfg.rules {
+            for (plan, l) in &r.limits {
+                if !l.is_valid() {
+                    return Err(RateLimitConfigError::BadLimit {
+                        rule: r.name.clone(),
+                        plan: plan.clone(),
+                    });
+                }
+            }
+        }
+        let local = Arc::new(local::LocalBackend::new(cfg.local_max_keys, clock.clone()));
+        #[cfg(feature = "redis")]
+        let redis = match cfg.backend {
+            BackendKind::Local => None,
+            BackendKind::Redis => {
+                let url = secret::resolve(
+                    "rate_limit.redis_url",
+                    cfg.redis_url.as_ref(),
+                    cfg.redis_url_file.as_deref(),
+                )?
+                .ok_or(RateLimitConfigError::NoRedisUrl)?;
+                Some(
+                    redis::RedisBackend::new(
+                        url.expose(),
+                        cfg.redis_key_prefix.clone(),
+                        Duration::from_millis(cfg.redis_timeout_ms),
+                        Duration::from_millis(cfg.redis_retry_ms),
+                        clock,
+                    )
+                    .map_err(|e| RateLimitConfigError::Redis(e.to_string()))?,
+                )
+            }
+        };
+        #[cfg(not(feature = "redis"))]
+        if cfg.backend == BackendKind::Redis {
+            return Err(RateLimitConfigError::NoRedisSupport);
+        }
+        metrics::gauge!(names::RATELIMIT_BACKEND_UP, "backend" => backend_label(cfg.backend))
+            .set(1.0);
+        Ok(RateLimiter {
+            cfg,
+            local,
+            #[cfg(feature = "redis")]
+            redis,
+        })
+    }
+
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.cfg
+    }
+
+    /// The local store (memory accounting, tests).
+    pub fn local(&self) -> &local::LocalBackend {
+        &self.local
+    }
+
+    /// Drops replenished local keys every `every` (call once at startup).
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match me.upgrade() {
+                    Some(l) => {
+                        l.local.sweep();
+                    }
+                    None => return,
+                }
+            }
+        })
+    }
+
+    pub fn health(&self) -> LimiterHealth {
+        #[cfg(feature = "redis")]
+        let (healthy, last_error) = match &self.redis {
+            Some(r) => (r.is_up(), r.last_error()),
+            None => (true, None),
+        };
+        #[cfg(not(feature = "redis"))]
+        let (healthy, last_error) = (true, None);
+        LimiterHealth {
+            backend: self.cfg.backend,
+            healthy,
+            fail_mode: self.cfg.fail_mode,
+            last_error,
+            local_keys: self.local.len(),
+        }
+    }
+
+    /// The plan of a request.
+    pub fn plan_of<'a>(&'a self, p: Option<&'a Principal>) -> &'a str {
+        match p {
+            None => &self.cfg.anonymous_plan,
+            Some(p) if p.is_anonymous() => &self.cfg.anonymous_plan,
+            Some(p) => self
+                .cfg
+                .tenant_plans
+                .get(&p.tenant)
+                .unwrap_or(&self.cfg.default_plan),
+        }
+    }
+
+    /// Checks every matching rule.
+    pub async fn check(&self, req: RequestInfo<'_>) -> Verdict {
+        if !self.cfg.enabled {
+            return Verdict::Allowed(Vec::new());
+        }
+        let plan = self.plan_of(req.principal);
+        let mut out = Vec::new();
+        let mut limited = false;
+        for rule in &self.cfg.rules {
+            if !rule.methods.is_empty()
+                && !rule
+                    .methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(req.method.as_str()))
+            {
+                continue;
+            }
+            if !req.path.starts_with(&rule.path_prefix) {
+                continue;
+            }
+            let Some(limit) = rule.limits.get(plan) else {
+                continue;
+            };
+            let key = format!("{}:{}", rule.name, key_of(rule.key, &req));
+            let decision = match self.check_one(&key, limit, rule.cost).await {
+                Some(d) => d,
+                None => return Verdict::Unavailable,
+            };
+            let policy = format!("{}.{plan}", rule.name);
+            if !decision.allowed {
+                limited = true;
+                metrics::counter!(names::RATELIMIT_REJECTIONS, "policy" => policy.clone())
+                    .increment(1);
+            }
+            out.push(PolicyDecision {
+                policy,
+                limit: *limit,
+                decision,
+            });
+        }
+        if limited {
+            Verdict::Limited(out)
+        } else {
+            Verdict::Allowed(out)
+        }
+    }
+
+    /// One key against one limit; `None` means "refuse: backend down, fail closed".
+    async fn check_one(&self, key: &str, limit: &Limit, cost: u64) -> Option<Decision> {
+        #[cfg(feature = "redis")]
+        if let Some(r) = &self.redis {
+            let hashed = hash_key(key);
+            match r.check(&hashed, limit, cost).await {
+                Ok(d) => {
+                    metrics::gauge!(names::RATELIMIT_BACKEND_UP, "backend" => "redis").set(1.0);
+                    return Some(d);
+                }
+                Err(_) => {
+                    metrics::gauge!(names::RATELIMIT_BACKEND_UP, "backend" => "redis").set(0.0);
+                    let mode = match self.cfg.fail_mode {
+                        FailMode::Local => "local",
+                        FailMode::Open => "open",
+                        FailMode::Closed => "closed",
+                    };
+                    metrics::counter!(names::RATELIMIT_FALLBACKS, "mode" => mode).increment(1);
+                    match self.cfg.fail_mode {
+                        FailMode::Local => {}
+                        FailMode::Open => {
+                            return Some(Decision {
+                                allowed: true,
+                                remaining: limit.burst(),
+                                reset_after: Duration::from_secs(1),
+                                retry_after: None,
+                            });
+                        }
+                        FailMode::Closed => return None,
+                    }
+                }
+            }
+        }
+        Some(self.local.check(key, limit, cost))
+    }
+}
+
+fn backend_label(b: BackendKind) -> &'static str {
+    match b {
+        BackendKind::Local => "local",
+        BackendKind::Redis => "redis",
+    }
+}
+
+/// Fixed-length Redis key material (subjects can be long and arbitrary).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+fn hash_key(key: &str) -> String {
+    let (rule, rest) = key.split_once(':').unwrap_or(("", key));
+    let d = Sha256::digest(rest.as_bytes());
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{rule}:{hex}")
+}
+
+fn key_of(by: KeyBy, req: &RequestInfo<'_>) -> String {
+    let ip = || match req.ip {
+        Some(ip) => format!("ip:{ip}"),
+        None => "ip:unknown".to_owned(),
+    };
+    let p = match req.principal {
+        Some(p) if !p.is_anonymous() => p,
+        _ => return ip(),
+    };
+    match by {
+        KeyBy::Ip => ip(),
+        KeyBy::Tenant => format!("tenant:{}", p.tenant),
+        KeyBy::Principal => format!("sub:{}/{}", p.tenant, p.subject),
+        KeyBy::Auto => match (&p.auth_method, &p.key_id) {
+            (AuthMethod::ApiKey, Some(k)) => format!("key:{k}"),
+            _ => format!("sub:{}/{}", p.tenant, p.subject),
+        },
+    }
+}
+
+/// The `RateLimit-Policy` value: every applied policy.
+pub fn policy_header(ds: &[PolicyDecision]) -> Option<String> {
+    if ds.is_empty() {
+        return None;
+    }
+    Some(
+        ds.iter()
+            .map(|d| {
+                let mut s = format!(
+                    "\"{}\";q={};w={}",
+                    d.policy, d.limit.requests, d.limit.window_secs
+                );
+                if d.limit.burst() != d.limit.requests {
+                    s.push_str(&format!(";weir-burst={}", d.limit.burst()));
+                }
+                s
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The `RateLimit` value: the most constrained policy (a refusing one if
+/// any, else the one with the least remaining).
+pub fn ratelimit_header(ds: &[PolicyDecision]) -> Option<String> {
+    let d = ds
+        .iter()
+        .min_by_key(|d| (d.decision.allowed, d.decision.remaining))?;
+    Some(format!(
+        "\"{}\";r={};t={}",
+        d.policy,
+        d.decision.remaining,
+        ceil_secs(d.decision.reset_after)
+    ))
+}
+
+/// The `429` for a refused request.
+pub fn limited_problem(ds: &[PolicyDecision]) -> Problem {
+    let violated: Vec<&str> = ds
+        .iter()
+        .filter(|d| !d.decision.allowed)
+        .map(|d| d.policy.as_str())
+        .collect();
+    let wait = ds
+        .iter()
+        .filter_map(|d| d.decision.retry_after)
+        .max()
+        .unwrap_or(Duration::from_secs(1));
+    let mut p = Problem::new(
+        ErrorCode::RateLimited,
+        format!("rate limit exceeded; retry in {} s", ceil_secs(wait).max(1)),
+    )
+    .extension("violated-policies", violated)
+    .header(
+        http::header::RETRY_AFTER,
+        ceil_secs(wait).max(1).to_string(),
+    );
+    if let Some(v) = ratelimit_header(ds) {
+        p = p.header(http::HeaderName::from_static("ratelimit"), v);
+    }
+    if let Some(v) = policy_header(ds) {
+        p = p.header(http::HeaderName::from_static("ratelimit-policy"), v);
+    }
+    p
+}
+
+/// The `503` when the shared backend is down and the limiter fails closed.
+pub fn unavailable_problem() -> Problem {
+    Problem::new(
+        ErrorCode::RateLimiterUnavailable,
+        "the rate limiter is unavailable; try again shortly",
+    )
+    .header(http::header::RETRY_AFTER, "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn cfg(rules: Vec<Rule>) -> RateLimitConfig {
+        RateLimitConfig {
+            enabled: true,
+            rules,
+            ..Default::default()
+        }
+    }
+
+    fn rule(name: &str, methods: &[&str], prefix: &str, key: KeyBy, plans: &[(&str, u64)]) -> Rule {
+        Rule {
+            name: name.into(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            path_prefix: prefix.into(),
+            key,
+            cost: 1,
+            limits: plans
+                .iter()
+                .map(|(p, n)| {
+                    (
+                        p.to_string(),
+                        Limit {
+                            requests: *n,
+                            window_secs: 60,
+                            burst: None,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn user(tenant: &str, sub: &str) -> Principal {
+        Principal {
+            auth_method: AuthMethod::Jwt,
+            ..Principal::new(sub, tenant)
+        }
+    }
+
+    async fn hit(
+        l: &RateLimiter,
+        m: &http::Method,
+        path: &str,
+        p: Option<&Principal>,
+        ip: &str,
+    ) -> Verdict {
+        l.check(RequestInfo {
+            method: m,
+            path,
+            principal: p,
+            ip: ip.parse().ok(),
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn plans_keys_and_rules() {
+        let mut c = cfg(vec![
+            rule(
+                "global",
+                &[],
+                "/",
+                KeyBy::Auto,
+                &[("default", 3), ("pro", 5), ("anonymous", 1)],
+            ),
+            rule(
+                "append",
+                &["POST"],
+                "/v1/stream/",
+                KeyBy::Tenant,
+                &[("default", 2)],
+            ),
+        ]);
+        c.tenant_plans.insert("big".into(), "pro".into());
+        let l = RateLimiter::new(c, ManualClock::new()).unwrap();
+        let get = http::Method::GET;
+        let post = http::Method::POST;
+        let (a1, a2, b) = (user("a", "1"), user("a", "2"), user("big", "1"));
+
+        // Anonymous callers are limited per IP.
+        assert!(matches!(
+            hit(&l, &get, "/x", None, "10.0.0.1").await,
+            Verdict::Allowed(_)
+        ));
+        assert!(matches!(
+            hit(&l, &get, "/x", None, "10.0.0.1").await,
+            Verdict::Limited(_)
+        ));
+        assert!(matches!(
+            hit(&l, &get, "/x", None, "10.0.0.2").await,
+            Verdict::Allowed(_)
+        ));
+
+        // The append rule is per tenant: two users of tenant a share 2 POSTs.
+        assert!(matches!(
+            hit(&l, &post, "/v1/stream/s", Some(&a1), "").await,
+            Verdict::Allowed(_)
+        ));
+        assert!(matches!(
+            hit(&l, &post, "/v1/stream/s", Some(&a2), "").await,
+            Verdict::Allowed(_)
+        ));
+        let Verdict::Limited(ds) = hit(&l, &post, "/v1/stream/s", Some(&a2), "").await else {
+            panic!("third append of tenant a must be limited");
+        };
+        assert_eq!(ds.len(), 2);
+        // GETs are not covered by the append rule; a2 has used 2 of 3 global.
+        let Verdict::Allowed(ds) = hit(&l, &get, "/v1/stream/s", Some(&a2), "").await else {
+            panic!()
+        };
+        assert_eq!(ds.len(), 1);
+        assert_eq!(ds[0].policy, "global.default");
+        assert_eq!(ds[0].decision.remaining, 0);
+
+        // The pro plan of tenant big has its own, larger limit.
+        for _ in 0..5 {
+            assert!(matches!(
+                hit(&l, &get, "/", Some(&b), "").await,
+                Verdict::Allowed(_)
+            ));
+        }
+        assert!(matches!(
+            hit(&l, &get, "/", Some(&b), "").await,
+            Verdict::Limited(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn headers_follow_the_draft() {
+        let l = RateLimiter::new(
+            cfg(vec![rule(
+                "global",
+                &[],
+                "/",
+                KeyBy::Auto,
+                &[("default", 2)],
+            )]),
+            ManualClock::new(),
+        )
+        .unwrap();
+        let p = user("a", "1");
+        let get = http::Method::GET;
+        let Verdict::Allowed(ds) = hit(&l, &get, "/", Some(&p), "").await else {
+            panic!()
+        };
+        assert_eq!(policy_header(&ds).unwrap(), "\"global.default\";q=2;w=60");
+        assert_eq!(
+            ratelimit_header(&ds).unwrap(),
+            "\"global.default\";r=1;t=30"
+        );
+        hit(&l, &get, "/", Some(&p), "").await;
+        let Verdict::Limited(ds) = hit(&l, &get, "/", Some(&p), "").await else {
+            panic!()
+        };
+        let prob = limited_problem(&ds);
+        assert_eq!(prob.status, 429);
+        assert_eq!(prob.code, ErrorCode::RateLimited);
+        assert_eq!(prob.header_value("retry-after").unwrap(), "30");
+        assert_eq!(
+            prob.header_value("ratelimit").unwrap(),
+            "\"global.default\";r=0;t=30"
+        );
+        assert_eq!(
+            prob.header_value("ratelimit-policy").unwrap(),
+            "\"global.default\";q=2;w=60"
+        );
+        assert_eq!(prob.extensions["violated-policies"][0], "global.default");
+    }
+
+    #[tokio::test]
+    async fn disabled_or_bad_config() {
+        let l = RateLimiter::new(RateLimitConfig::default(), ManualClock::new()).unwrap();
+        assert_eq!(
+            hit(&l, &http::Method::GET, "/", None, "").await,
+            Verdict::Allowed(vec![])
+        );
+        let bad = cfg(vec![rule("r", &[], "/", KeyBy::Auto, &[("default", 0)])]);
+        assert!(matches!(
+            RateLimiter::new(bad, ManualClock::new()),
+            Err(RateLimitConfigError::BadLimit { .. })
+        ));
+        let mut redis_without_url = cfg(vec![]);
+        redis_without_url.backend = BackendKind::Redis;
+        assert!(RateLimiter::new(redis_without_url, ManualClock::new()).is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! Request ids (correlation ids).
+//!
+//! One id per request, chosen in this order:
+//! 1. the client's `X-Request-Id`, if it is 1–128 bytes of visible ASCII
+//!    (anything else could smuggle newlines or escapes into logs, so it is
+//!    ignored rather than refused — a bad id must not fail a good request);
+//! 2. the trace id of a valid W3C `traceparent`, so logs and traces join;
+//! 3. a fresh UUIDv7 in 32 lowercase hex digits — time-ordered (logs sort)
+//!    and, having the shape of a W3C trace id, usable as one when the server
+//!    starts a trace.
+//!
+//! The id goes into request extensions ([`RequestId`]), the request's
+//! tracing span (so every log line of the request carries it), every
+//! response's `X-Request-Id` and every problem body's `correlation_id`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rand::RngCore;
+
+/// The request id header.
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+/// The W3C trace-context header.
+pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// Longest accepted client-supplied id.
+pub const MAX_LEN: usize = 128;
+
+/// The id of one request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A client-supplied id, if acceptable.
+    pub fn parse(s: &str) -> Option<RequestId> {
+        valid(s).then(|| RequestId(Arc::from(s)))
+    }
+
+    /// A fresh UUIDv7 as 32 lowercase hex digits.
+    pub fn generate() -> RequestId {
+        RequestId(Arc::from(uuid_v7_hex(
+            crate::clock::Clock::now(&crate::clock::SystemClock).as_millis() as u64,
+            &mut rand::thread_rng(),
+        )))
+    }
+
+    /// The id for a request with these headers (see the module docs).
+    pub fn from_headers(h: &http::HeaderMap) -> (RequestId, Option<TraceParent>) {
+        let tp = h
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
+        let id = h
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(RequestId::parse)
+            .or_else(|| {
+                tp.as_ref()
+                    .map(|t| RequestId(Arc::from(t.trace_id.as_str())))
+            })
+            .unwrap_or_else(RequestId::generate);
+        (id, tp)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn valid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_LEN && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// A parsed W3C `traceparent` (kept in request extensions for the tracing
+/// exporter to continue the caller's trace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    pub version: u8,
+    /// 32 lowercase hex digits, not all zero.
+    pub trace_id: String,
+    /// 16 lowercase hex digits, not all zero.
+    pub parent_id: String,
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Parses `version-traceid-parentid-flags` per W3C Trace Context §3.2:
+    /// lowercase hex only, version `ff` and all-zero ids invalid; versions
+    /// above `00` may append fields after the flags.
+    pub fn parse(s: &str) -> Option<TraceParent> {
+        let s = s.trim_matches(|c| c == ' ' || c == '\t');
+        let mut parts = s.split('-');
+        let version = parts.next()?;
+        let trace_id = parts.next()?;
+        let parent_id = parts.next()?;
+        let flags = parts.next()?;
+        let rest = parts.next();
+        let hex = |p: &str, n: usize| {
+            p.len() == n
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !hex(version, 2) || !hex(trace_id, 32) || !hex(parent_id, 16) {
+            return None;
+        }
+        let version = u8::from_str_radix(version, 16).ok()?;
+        if version == 0xff || (version == 0 && rest.is_some()) {
+            return None;
+        }
+        // Future versions: flags is the first two characters of the 4th field.
+        let flags = if version == 0 { flags } else { flags.get(..2)? };
+        if !hex(flags, 2) {
+            return None;
+        }
+        if trace_id.bytes().all(|b| b == b'0') || parent_id.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        Some(TraceParent {
+            version,
+            trace_id: trace_id.to_owned(),
+            parent_id: parent_id.to_owned(),
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        })
+    }
+}
+
+/// RFC 9562 UUIDv7: 48-bit Unix milliseconds, version 7, 74 random bits,
+/// variant `10`, written as 32 hex digits.
+fn uuid_v7_hex(unix_ms: u64, rng: &mut impl RngCore) -> String {
+    let mut b = [0u8; 16];
+    rng.fill_bytes(&mut b);
+    b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+    b[6] = (b[6] & 0x0f) | 0x70;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut s = String::with_capacity(32);
+    for byte in b {
+        s.push_str(&format!("{byte:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&http::HeaderName, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert((*k).clone(), v.parse().unwrap());
+        }
+        h
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn client_id_wins_when_valid() {
+        let (id, tp) =
+            RequestId::from_headers(&headers(&[(&X_REQUEST_ID, "abc-123"), (&TRACEPARENT, TP)]));
+        assert_eq!(id.as_str(), "abc-123");
+        assert_eq!(tp.unwrap().trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn invalid_client_ids_are_replaced() {
+        let long = "a".repeat(MAX_LEN + 1);
+        for bad in ["", "has space", "tab\tx", long.as_str(), "é"] {
+            assert!(RequestId::parse(bad).is_none(), "{bad:?}");
+        }
+        assert!(RequestId::parse(&"a".repeat(MAX_LEN)).is_some());
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            &X_REQUEST_ID,
+            http::HeaderValue::from_bytes(b"bad\xffid").unwrap(),
+        );
+        let (id, _) = RequestId::from_headers(&h);
+        assert_eq!(id.as_str().len(), 32);
+    }
+
+    #[test]
+    fn traceparent_trace_id_is_second_choice() {
+        let (id, _) = RequestId::from_headers(&headers(&[(&TRACEPARENT, TP)]));
+        assert_eq!(id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn traceparent_validation() {
+        assert!(TraceParent::parse(TP).is_some());
+        for bad in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "garbage",
+        ] {
+            assert!(TraceParent::parse(bad).is_none(), "{bad}");
+        }
+        let future =
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what")
+                .unwrap();
+        assert_eq!(future.version, 1);
+        assert_eq!(future.flags, 1);
+    }
+
+    #[test]
+    fn generated_ids_are_uuid_v7() {
+        let a = RequestId::generate();
+        let s = a.as_str();
+        assert_eq!(s.len(), 32);
+        assert!(s.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(&s[12..13], "7", "version nibble");
+        assert!(matches!(&s[16..17], "8" | "9" | "a" | "b"), "variant bits");
+        assert_ne!(a, RequestId::generate());
+        let id = uuid_v7_hex(0x0123_4567_89ab, &mut rand::thread_rng());
+        assert!(id.starts_with("0123456789ab7"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Persistent stores for the layer's own data.
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

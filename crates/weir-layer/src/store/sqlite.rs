@@ -1,0 +1,423 @@
+//! The embedded store: SQLite (bundled, so no system library is needed) for
+//! API keys, with the layer's migrations.
+//!
+//! rusqlite is synchronous; every call runs on tokio's blocking pool behind
+//! one mutex-guarded connection. That is plenty here: key lookups are cached
+//! ([`crate::auth::apikey`]) and `last_used_at` writes are throttled, so the
+//! store sees a few queries per second, not one per request. WAL mode lets
+//! the CLI (`weir keys create`) write while a server reads.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::auth::apikey::{ApiKeyRecord, ApiKeyStore, StoreError};
+use crate::migrate::{MIGRATIONS, MigrateError, MigrationState, latest};
+
+/// A SQLite database holding the layer's tables.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn db(e: rusqlite::Error) -> MigrateError {
+    MigrateError::Db(e.to_string())
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` without migrating.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, MigrateError> {
+        let conn = Connection::open(path).map_err(db)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<SqliteStore, MigrateError> {
+        Self::init(Connection::open_in_memory().map_err(db)?)
+    }
+
+    /// Opens and migrates to the latest version (what a server does at start).
+    pub fn open_migrated(path: impl AsRef<Path>) -> Result<SqliteStore, MigrateError> {
+        let s = Self::open(path)?;
+        s.migrate_up(None)?;
+        Ok(s)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore, MigrateError> {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS weir_migrations (
+                version BIGINT PRIMARY KEY,
+                name TEXT NOT NULL,
+                checksum TEXT NOT NULL,
+                applied_at BIGINT NOT NULL
+            )",
+        )
+        .map_err(db)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn applied(conn: &Connection) -> Result<Vec<(u32, String, u64)>, MigrateError> {
+        let mut st = conn
+            .prepare("SELECT version, checksum, applied_at FROM weir_migrations ORDER BY version")
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(db)?;
+        rows.map(|r| r.map(|(v, c, a)| (v as u32, c, a as u64)).map_err(db))
+            .collect()
+    }
+
+    /// Checks applied migrations against the code; returns the current version.
+    fn verify(conn: &Connection) -> Result<u32, MigrateError> {
+        let applied = Self::applied(conn)?;
+        for (v, sum, _) in &applied {
+            match MIGRATIONS.iter().find(|m| m.version == *v) {
+                Some(m) if m.checksum() == *sum => {}
+                Some(m) => {
+                    return Err(MigrateError::Checksum {
+                        version: *v,
+                        name: m.name.into(),
+                    });
+                }
+                None => return Err(MigrateError::TooNew(*v, latest())),
+            }
+        }
+        Ok(applied.last().map_or(0, |a| a.0))
+    }
+
+    /// Applies pending migrations up to `target` (default: latest); returns
+    /// the versions applied.
+    pub fn migrate_up(&self, target: Option<u32>) -> Result<Vec<u32>, MigrateError> {
+        let target = target.unwrap_or_else(latest);
+        if target != 0 && !MIGRATIONS.iter().any(|m| m.version == target) {
+            return Err(MigrateError::UnknownTarget(target));
+        }
+        let mut conn = self.conn.lock();
+        let current = Self::verify(&conn)?;
+        let mut done = Vec::new();
+        for m in MIGRATIONS
+            .iter()
+            .filter(|m| m.version > current && m.version <= target)
+        {
+            let step = |e: rusqlite::Error| MigrateError::Step {
+                version: m.version,
+                message: e.to_string(),
+            };
+            let tx = conn.transaction().map_err(step)?;
+            tx.execute_batch(m.up).map_err(step)?;
+            tx.execute(
+                "INSERT INTO weir_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)",
+                params![m.version, m.name, m.checksum(), now_secs() as i64],
+            )
+            .map_err(step)?;
+            tx.commit().map_err(step)?;
+            done.push(m.version);
+        }
+        Ok(done)
+    }
+
+    /// Rolls back applied migrations above `target` (0: everything), newest
+    /// first; returns the versions rolled back.
+    pub fn migrate_down(&self, target: u32) -> Result<Vec<u32>, MigrateError> {
+        if target != 0 && !MIGRATIONS.iter().any(|m| m.version == target) {
+            return Err(MigrateError::UnknownTarget(target));
+        }
+        let mut conn = self.conn.lock();
+        let current = Self::verify(&conn)?;
+        let mut done = Vec::new();
+        for m in MIGRATIONS
+            .iter()
+            .rev()
+            .filter(|m| m.version > target && m.version <= current)
+        {
+            let step = |e: rusqlite::Error| MigrateError::Step {
+                version: m.version,
+                message: e.to_string(),
+            };
+            let tx = conn.transaction().map_err(step)?;
+            tx.execute_batch(m.down).map_err(step)?;
+            tx.execute(
+                "DELETE FROM weir_migrations WHERE version = ?1",
+                params![m.version],
+            )
+            .map_err(step)?;
+            tx.commit().map_err(step)?;
+            done.push(m.version);
+        }
+        Ok(done)
+    }
+
+    /// Every known migration and whether it is applied.
+    pub fn migrate_status(&self) -> Result<Vec<MigrationState>, MigrateError> {
+        let conn = self.conn.lock();
+        Self::verify(&conn)?;
+        let applied = Self::applied(&conn)?;
+        Ok(MIGRATIONS
+            .iter()
+            .map(|m| MigrationState {
+                version: m.version,
+                name: m.name,
+                applied_at: applied.iter().find(|a| a.0 == m.version).map(|a| a.2),
+            })
+            .collect())
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock()))
+            .await
+            .map_err(backend)?
+    }
+}
+
+fn now_secs() -> u64 {
+    crate::clock::Clock::unix_secs(&crate::clock::SystemClock)
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
+        let s: String = r.get(i)?;
+        Ok(serde_json::from_str(&s).unwrap_or_default())
+    };
+    let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
+    };
+    Ok(ApiKeyRecord {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        subject: r.get(2)?,
+        name: r.get(3)?,
+        roles: list(4)?,
+        scopes: list(5)?,
+        secret_hash: r.get(6)?,
+        created_at: r.get::<_, i64>(7)? as u64,
+        expires_at: opt(8)?,
+        last_used_at: opt(9)?,
+        revoked_at: opt(10)?,
+    })
+}
+
+const COLUMNS: &str = "id, tenant, subject, name, roles, scopes, secret_hash, created_at, expires_at, last_used_at, revoked_at";
+
+#[async_trait::async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn insert(&self, rec: &ApiKeyRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.with(move |c| {
+            let roles = serde_json::to_string(&rec.roles).map_err(backend)?;
+            let scopes = serde_json::to_string(&rec.scopes).map_err(backend)?;
+            c.execute(
+                &format!("INSERT INTO weir_api_keys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                params![
+                    rec.id,
+                    rec.tenant,
+                    rec.subject,
+                    rec.name,
+                    roles,
+                    scopes,
+                    rec.secret_hash,
+                    rec.created_at as i64,
+                    rec.expires_at.map(|v| v as i64),
+                    rec.last_used_at.map(|v| v as i64),
+                    rec.revoked_at.map(|v| v as i64),
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Duplicate
+                }
+                e => backend(e),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {COLUMNS} FROM weir_api_keys WHERE id = ?1"),
+                params![id],
+                row_to_record,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list(&self, tenant: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let tenant = tenant.map(str::to_owned);
+        self.with(move |c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM weir_api_keys WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at DESC, id"
+                ))
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![tenant], row_to_record)
+                .map_err(backend)?;
+            rows.map(|r| r.map_err(backend)).collect()
+        })
+        .await
+    }
+
+    async fn revoke(&self, id: &str, at: u64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE weir_api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                params![id, at as i64],
+            )
+            .map(|n| n > 0)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn touch(&self, id: &str, at: u64) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE weir_api_keys SET last_used_at = ?2 WHERE id = ?1",
+                params![id, at as i64],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(s: &SqliteStore) -> Vec<String> {
+        let c = s.conn.lock();
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type IN ('table','index') AND name LIKE 'weir_api%' ORDER BY name")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn migrations_up_down_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("weir.db")).unwrap();
+        assert!(
+            s.migrate_status()
+                .unwrap()
+                .iter()
+                .all(|m| m.applied_at.is_none())
+        );
+        assert_eq!(s.migrate_up(Some(1)).unwrap(), vec![1]);
+        assert_eq!(tables(&s), vec!["weir_api_keys"]);
+        assert_eq!(s.migrate_up(None).unwrap(), vec![2]);
+        assert_eq!(tables(&s), vec!["weir_api_keys", "weir_api_keys_tenant"]);
+        assert!(s.migrate_up(None).unwrap().is_empty(), "idempotent");
+        let st = s.migrate_status().unwrap();
+        assert!(st.iter().all(|m| m.applied_at.is_some()));
+        assert_eq!(s.migrate_down(1).unwrap(), vec![2]);
+        assert_eq!(tables(&s), vec!["weir_api_keys"]);
+        assert_eq!(s.migrate_down(0).unwrap(), vec![1]);
+        assert!(tables(&s).is_empty());
+        assert_eq!(s.migrate_up(None).unwrap(), vec![1, 2]);
+        assert!(matches!(
+            s.migrate_up(Some(99)),
+            Err(MigrateError::UnknownTarget(99))
+        ));
+    }
+
+    #[test]
+    fn edited_migrations_are_detected() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.migrate_up(None).unwrap();
+        s.conn
+            .lock()
+            .execute(
+                "UPDATE weir_migrations SET checksum = 'x' WHERE version = 1",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(
+            s.migrate_up(None),
+            Err(MigrateError::Checksum { version: 1, .. })
+        ));
+        s.conn
+            .lock()
+            .execute(
+                "INSERT INTO weir_migrations VALUES (999, 'future', 'y', 0)",
+                [],
+            )
+            .unwrap();
+        assert!(s.migrate_status().is_err());
+    }
+
+    #[tokio::test]
+    async fn store_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_migrated(dir.path().join("k.db")).unwrap();
+        let rec = ApiKeyRecord {
+            id: "0123456789abcdef".into(),
+            tenant: "acme".into(),
+            subject: "ci".into(),
+            name: "deploy".into(),
+            roles: vec!["writer".into()],
+            scopes: vec!["weir:read".into()],
+            secret_hash: "ab".repeat(32),
+            created_at: 10,
+            expires_at: Some(100),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        s.insert(&rec).await.unwrap();
+        assert!(matches!(s.insert(&rec).await, Err(StoreError::Duplicate)));
+        assert_eq!(s.get(&rec.id).await.unwrap().unwrap(), rec);
+        assert!(s.get("nope").await.unwrap().is_none());
+        s.touch(&rec.id, 50).await.unwrap();
+        assert!(s.revoke(&rec.id, 60).await.unwrap());
+        assert!(s.revoke(&rec.id, 70).await.unwrap());
+        let got = s.get(&rec.id).await.unwrap().unwrap();
+        assert_eq!((got.last_used_at, got.revoked_at), (Some(50), Some(60)));
+        assert_eq!(s.list(Some("acme")).await.unwrap().len(), 1);
+        assert!(s.list(Some("other")).await.unwrap().is_empty());
+        assert_eq!(s.list(None).await.unwrap().len(), 1);
+        // Persisted across reopen.
+        drop(s);
+        let again = SqliteStore::open_migrated(dir.path().join("k.db")).unwrap();
+        assert!(again.get(&rec.id).await.unwrap().is_some());
+    }
+}

@@ -171,7 +171,8 @@ async fn eval_calls(url: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_limit_and_fall_back_when_redis_is_gone() {
     // Never skipped: scripts/test installs redis-server when it is missing.
-    let bin = RedisServer::binary().expect("no redis-server: set WEIR_REDIS_SERVER or run scripts/test, which installs it");
+    let bin = RedisServer::binary()
+        .expect("no redis-server: set WEIR_REDIS_SERVER or run scripts/test, which installs it");
     weir_layer::metrics::install().unwrap();
     let mut server = RedisServer::start_on(&bin, RedisServer::free_port());
     let prefix = format!("t{}:", std::process::id());

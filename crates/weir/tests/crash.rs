@@ -89,7 +89,7 @@ struct Ledger {
 
 async fn writer(base: String, w: usize, epoch: u64, start_seq: u64, ledger: Arc<Mutex<Ledger>>) {
     let client = reqwest::Client::new();
-    let producer = w % 2 == 0;
+    let producer = w.is_multiple_of(2);
     let stream = if producer {
         format!("p{w}")
     } else {
@@ -186,7 +186,7 @@ async fn acknowledged_appends_survive_sigkill() {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut server = start(dir.path()).await;
     for w in 0..WRITERS {
-        let stream = if w % 2 == 0 {
+        let stream = if w.is_multiple_of(2) {
             format!("p{w}")
         } else {
             "shared".to_owned()
@@ -204,7 +204,7 @@ async fn acknowledged_appends_survive_sigkill() {
         let epoch = iter as u64;
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
-            let start_seq = if w % 2 == 0 {
+            let start_seq = if w.is_multiple_of(2) {
                 0
             } else {
                 *next_seq.get(&w).unwrap_or(&0)
@@ -231,12 +231,13 @@ async fn acknowledged_appends_survive_sigkill() {
         let l = ledger.lock().await;
         let mut contents: HashMap<String, Vec<u8>> = HashMap::new();
         for w in 0..WRITERS {
-            let stream = if w % 2 == 0 {
+            let stream = if w.is_multiple_of(2) {
                 format!("p{w}")
             } else {
                 "shared".to_owned()
             };
-            if !contents.contains_key(&stream) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = contents.entry(stream.clone())
+            {
                 let data = read_all(&client, &server.base, &stream).await;
                 let mut seen = std::collections::HashSet::new();
                 for p in payloads(&data) {
@@ -245,7 +246,7 @@ async fn acknowledged_appends_survive_sigkill() {
                         "iteration {iter}: {p} appears twice in {stream}"
                     );
                 }
-                contents.insert(stream, data);
+                slot.insert(data);
             }
         }
         for (body, (stream, end)) in &l.acked {

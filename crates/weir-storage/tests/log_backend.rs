@@ -234,3 +234,28 @@ async fn recovery_keeps_every_complete_record_before_damage() {
         );
     }
 }
+
+#[tokio::test]
+async fn low_disk_space_refuses_writes_but_not_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = backend::open(
+        dir.path(),
+        LogOptions {
+            min_free_bytes: u64::MAX,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let err = s
+        .create(contract::create_req("x", "text/plain", b""))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, weir_storage::StorageError::Full(_)),
+        "{err:?}"
+    );
+    assert!(matches!(
+        s.ready().await,
+        Err(weir_storage::StorageError::Unavailable(_))
+    ));
+}

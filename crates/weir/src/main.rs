@@ -2,6 +2,7 @@
 
 mod config;
 mod serve;
+mod storage_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,9 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Check or back up an embedded-log data directory.
+    #[command(subcommand)]
+    Storage(storage_cmd::StorageCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             println!("configuration ok");
             Ok(())
         }
+        Command::Storage(cmd) => storage_cmd::run(cmd),
         Command::Config(ConfigCmd::Print(o)) => {
             print!("{}", config::Config::load(&o)?.to_toml()?);
             Ok(())

@@ -139,6 +139,166 @@ pub struct Engine {
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// The result of scanning a log.
+struct Scan {
+    files: HashMap<u64, Arc<dyn LogFile>>,
+    segments: Vec<u64>,
+    /// Where the valid log ends inside a segment (`None`: after the last
+    /// segment's end record).
+    end: Option<(u64, u64)>,
+    report: RecoveryReport,
+}
+
+/// Reads (or, when `create` gives a size, creates) the FORMAT file and
+/// returns the segment size the log was created with. The size is fixed at
+/// creation: positions depend on it.
+fn read_format(fs: &dyn Fs, create: Option<u64>) -> Result<u64, LogError> {
+    match fs.read(FORMAT_FILE) {
+        Ok(v) => {
+            let text = String::from_utf8_lossy(&v).into_owned();
+            let mut lines = text.lines();
+            if lines.next() != Some(FORMAT.trim_end()) {
+                return Err(LogError::UnsupportedFormat(text));
+            }
+            lines
+                .find_map(|l| l.strip_prefix("segment_size "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .filter(|n| *n >= 4096)
+                .ok_or(LogError::UnsupportedFormat(text.clone()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create {
+            Some(size) => {
+                fs.write_atomic(
+                    FORMAT_FILE,
+                    format!("{FORMAT}segment_size {size}\n").as_bytes(),
+                )?;
+                Ok(size)
+            }
+            None => Err(LogError::Io("no log here (FORMAT file missing)".into())),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Scans every segment, verifying both CRCs of each record and passing the
+/// ones at or after `from` to `replay`. Read-only.
+fn scan(
+    fs: &dyn Fs,
+    size: u64,
+    from: u64,
+    mut replay: impl FnMut(Recovered),
+) -> Result<Scan, LogError> {
+    let mut segments: Vec<u64> = fs.list()?.iter().filter_map(|n| parse_seg(n)).collect();
+    segments.sort_unstable();
+    let mut report = RecoveryReport::default();
+    let mut files = HashMap::new();
+    let mut end = None;
+    for &seg in &segments {
+        let f = fs.open(&seg_name(seg), None)?;
+        files.insert(seg, f.clone());
+        report.segments += 1;
+        let len = f.size()?.min(size);
+        let mut off = 0u64;
+        let stop = loop {
+            if off + HEADER as u64 > len {
+                break Some("segment ended without an end marker");
+            }
+            let mut h = [0u8; HEADER];
+            f.read_exact_at(&mut h, off)?;
+            match frame::decode_header(&h) {
+                Slot::Zero => break None,
+                Slot::Corrupt(why) => break Some(why),
+                Slot::Valid(h) if h.kind == KIND_SEGMENT_END => {
+                    off = len;
+                    break None;
+                }
+                Slot::Valid(h) => {
+                    let flen = frame::frame_len(h.len as usize) as u64;
+                    if off + flen > len {
+                        break Some("record runs past the segment end");
+                    }
+                    let mut payload = vec![0u8; h.len as usize];
+                    f.read_exact_at(&mut payload, off + HEADER as u64)?;
+                    if !frame::payload_ok(&h, &payload) {
+                        break Some("payload checksum mismatch");
+                    }
+                    let lsn = seg * size + off;
+                    if lsn >= from {
+                        replay(Recovered {
+                            lsn,
+                            kind: h.kind,
+                            key: h.key,
+                            prev: h.prev,
+                            payload: Bytes::from(payload),
+                        });
+                    }
+                    report.records += 1;
+                    off += flen;
+                }
+            }
+        };
+        if stop.is_some() || off < len {
+            if let Some(why) = stop {
+                report.torn = Some(format!("{why} at segment {seg} offset {off}"));
+            }
+            end = Some((seg, off));
+            report.end_lsn = seg * size + off;
+            break;
+        }
+    }
+    Ok(Scan {
+        files,
+        segments,
+        end,
+        report,
+    })
+}
+
+/// Checks a log without changing it: every record's CRCs, in order, passed
+/// to `each`. Safe while a server is writing (it sees a prefix).
+pub fn verify(fs: &dyn Fs, each: impl FnMut(Recovered)) -> Result<RecoveryReport, LogError> {
+    let size = read_format(fs, None)?;
+    let s = scan(fs, size, 0, each)?;
+    let mut report = s.report;
+    if let Some((seg, _)) = s.end {
+        report.dropped_segments = s.segments.iter().filter(|x| **x > seg).count() as u64;
+    }
+    Ok(report)
+}
+
+/// Copies a log (possibly being written) into an empty directory: FORMAT,
+/// then every segment in order. The copy is a consistent prefix of the
+/// log — a record still being written when it was copied is cut off by the
+/// copy's recovery, like a torn tail.
+pub fn backup(src: &dyn Fs, dest: &dyn Fs) -> Result<u64, LogError> {
+    if !dest.list()?.is_empty() {
+        return Err(LogError::Io("the backup directory is not empty".into()));
+    }
+    let format = src.read(FORMAT_FILE)?;
+    let size = read_format(src, None)?;
+    let mut segments: Vec<u64> = src.list()?.iter().filter_map(|n| parse_seg(n)).collect();
+    segments.sort_unstable();
+    let mut copied = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for seg in segments {
+        let from = src.open(&seg_name(seg), None)?;
+        let to = dest.open(&seg_name(seg), Some(size))?;
+        let len = from.size()?.min(size);
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(buf.len() as u64) as usize;
+            from.read_exact_at(&mut buf[..n], off)?;
+            to.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+        }
+        to.sync_data()?;
+        copied += len;
+    }
+    dest.write_atomic(FORMAT_FILE, &format)?;
+    dest.sync_dir()?;
+    Ok(copied)
+}
+
 fn seg_name(seg: u64) -> String {
     format!("wal-{seg:020}.log")
 }
@@ -157,92 +317,28 @@ impl Engine {
         fs: Arc<dyn Fs>,
         opts: EngineOptions,
         from: u64,
-        mut replay: impl FnMut(Recovered),
+        replay: impl FnMut(Recovered),
     ) -> Result<(Arc<Engine>, RecoveryReport), LogError> {
-        match fs.read(FORMAT_FILE) {
-            Ok(v) if v == FORMAT.as_bytes() => {}
-            Ok(v) => {
-                return Err(LogError::UnsupportedFormat(
-                    String::from_utf8_lossy(&v).into_owned(),
-                ));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs.write_atomic(FORMAT_FILE, FORMAT.as_bytes())?
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let mut segs: Vec<u64> = fs.list()?.iter().filter_map(|n| parse_seg(n)).collect();
-        segs.sort_unstable();
-        let size = opts.segment_size;
-        let mut report = RecoveryReport::default();
-        let mut files = HashMap::new();
-        let mut end: Option<(u64, u64)> = None;
-        for (i, &seg) in segs.iter().enumerate() {
-            let f = fs.open(&seg_name(seg), None)?;
-            files.insert(seg, f.clone());
-            report.segments += 1;
-            let len = f.size()?.min(size);
-            let mut off = 0u64;
-            let stop = loop {
-                if off + HEADER as u64 > len {
-                    break Some("segment ended without an end marker");
-                }
-                let mut h = [0u8; HEADER];
-                f.read_exact_at(&mut h, off)?;
-                match frame::decode_header(&h) {
-                    Slot::Zero => break None,
-                    Slot::Corrupt(why) => break Some(why),
-                    Slot::Valid(h) if h.kind == KIND_SEGMENT_END => {
-                        off = len;
-                        break None;
-                    }
-                    Slot::Valid(h) => {
-                        let flen = frame::frame_len(h.len as usize) as u64;
-                        if off + flen > len {
-                            break Some("record runs past the segment end");
-                        }
-                        let mut payload = vec![0u8; h.len as usize];
-                        f.read_exact_at(&mut payload, off + HEADER as u64)?;
-                        if !frame::payload_ok(&h, &payload) {
-                            break Some("payload checksum mismatch");
-                        }
-                        let lsn = seg * size + off;
-                        if lsn >= from {
-                            replay(Recovered {
-                                lsn,
-                                kind: h.kind,
-                                key: h.key,
-                                prev: h.prev,
-                                payload: Bytes::from(payload),
-                            });
-                        }
-                        report.records += 1;
-                        off += flen;
-                    }
-                }
-            };
-            let clean_end = stop.is_none() && off >= len;
-            if !clean_end {
-                // The log ends inside this segment.
-                if let Some(why) = stop {
-                    report.torn = Some(format!("{why} at segment {seg} offset {off}"));
-                }
-                end = Some((seg, off));
-                for &later in &segs[i + 1..] {
-                    files.remove(&later);
-                    fs.remove(&seg_name(later))?;
+        let size = read_format(&*fs, Some(opts.segment_size))?;
+        let mut opts = opts;
+        opts.segment_size = size;
+        let mut scan = scan(&*fs, size, from, replay)?;
+        let mut files = std::mem::take(&mut scan.files);
+        let mut report = scan.report;
+        let (next_seg, end_lsn) = match scan.end {
+            Some((seg, off)) => {
+                // Segments after the end hold only records whose batch never
+                // completed its sync: never acknowledged.
+                for later in scan.segments.iter().filter(|s| **s > seg) {
+                    files.remove(later);
+                    fs.remove(&seg_name(*later))?;
                     report.dropped_segments += 1;
                 }
                 if report.dropped_segments > 0 {
                     fs.sync_dir()?;
                 }
-                break;
-            }
-        }
-        // New writes always start in a fresh segment: whatever lies after
-        // the end of a torn (or cleanly unterminated) segment is never read.
-        let (next_seg, end_lsn) = match end {
-            Some((seg, off)) => {
+                // New writes start in a fresh segment; an end record at the
+                // cut makes sure nothing after it is ever read again.
                 if off + HEADER as u64 <= size
                     && let Some(f) = files.get(&seg)
                 {
@@ -255,7 +351,7 @@ impl Engine {
                 (seg + 1, seg * size + off)
             }
             None => {
-                let last = segs.last().map_or(0, |s| s + 1);
+                let last = scan.segments.last().map_or(0, |s| s + 1);
                 (last, last * size)
             }
         };

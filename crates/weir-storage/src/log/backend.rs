@@ -164,7 +164,7 @@ impl LogBackend {
             self.space_checked_ms.store(now, Ordering::Relaxed);
             let low = engine
                 .free_bytes()
-                .map_or(false, |free| free < self.min_free_bytes);
+                .is_ok_and(|free| free < self.min_free_bytes);
             self.low_space.store(low, Ordering::Relaxed);
         }
         if self.low_space.load(Ordering::Relaxed) {

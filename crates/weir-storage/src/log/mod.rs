@@ -7,3 +7,4 @@ pub mod codec;
 pub mod engine;
 pub mod frame;
 pub mod fs;
+pub mod sim;

@@ -36,6 +36,9 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub config: Arc<ServerConfig>,
     pub subscriptions: Arc<subscriptions::Subscriptions>,
+    /// The production layer (auth, rate limits, request ids, metrics), when
+    /// the server runs with one.
+    pub layer: Option<Arc<weir_layer::Production>>,
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -48,8 +51,16 @@ impl AppState {
             storage,
             config,
             subscriptions,
+            layer: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Runs every request through the production layer: request ids,
+    /// metrics, authentication and rate limits (see `weir-layer`).
+    pub fn with_layer(mut self, layer: weir_layer::Production) -> AppState {
+        self.layer = Some(Arc::new(layer));
+        self
     }
 
     /// Starts a graceful shutdown: parked long-polls answer at once (`204`,
@@ -103,6 +114,12 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(streams::ready))
         .fallback(streams::fallback)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+    let router = match &state.layer {
+        Some(layer) => {
+            layer.apply(router.route("/metrics", get(weir_layer::http::metrics_handler)))
+        }
+        None => router,
+    };
     let router = if compression {
         router.layer(tower_http::compression::CompressionLayer::new().compress_when(compressible))
     } else {

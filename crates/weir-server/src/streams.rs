@@ -56,12 +56,29 @@ pub async fn fallback() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route").into_response()
 }
 
-/// `/readyz`: storage can take writes.
+/// `/readyz`: storage can take writes and the production layer's
+/// dependencies (JWKS, a fail-closed Redis limiter) are usable.
 pub async fn ready(State(st): State<AppState>) -> Response {
-    match st.storage.ready().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+    if let Err(e) = st.storage.ready().await {
+        let mut e = ApiError::from(e);
+        e.status = StatusCode::SERVICE_UNAVAILABLE;
+        return e.into_response();
     }
+    if let Some(layer) = &st.layer {
+        let h = layer.health();
+        if !h.ready {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "dependency_unavailable",
+                format!(
+                    "production layer not ready: {}",
+                    serde_json::to_string(&h).unwrap_or_default()
+                ),
+            )
+            .into_response();
+        }
+    }
+    (StatusCode::OK, "ready").into_response()
 }
 
 /// Reads the whole request body, mapping an over-limit body to `413`.

@@ -56,6 +56,10 @@ pub struct Config {
     pub server: ServerSection,
     pub storage: StorageSection,
     pub log: LogSection,
+    /// Production layer (docs/configuration.md, "Production layer").
+    pub auth: weir_layer::auth::AuthConfig,
+    pub authz: weir_layer::authz::AuthzConfig,
+    pub rate_limit: weir_layer::ratelimit::RateLimitConfig,
 }
 
 /// `[server]`: the HTTP listener and protocol settings.
@@ -101,6 +105,9 @@ impl Default for Config {
             server: ServerSection::default(),
             storage: StorageSection::default(),
             log: LogSection::default(),
+            auth: Default::default(),
+            authz: Default::default(),
+            rate_limit: Default::default(),
         }
     }
 }
@@ -243,7 +250,21 @@ impl Config {
             .with_context(|| format!("server.host `{}` is not an IP address", s.host))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .context("log.level is not a valid filter")?;
+        if !(1..=4096).contains(&self.storage.segment_mib) {
+            anyhow::bail!("storage.segment_mib must be between 1 and 4096");
+        }
+        weir_layer::Production::build(&self.layer(), None, weir_layer::clock::system())
+            .context("invalid [auth], [authz] or [rate_limit] configuration")?;
         Ok(())
+    }
+
+    /// The production layer's part.
+    pub fn layer(&self) -> weir_layer::LayerConfig {
+        weir_layer::LayerConfig {
+            auth: self.auth.clone(),
+            authz: self.authz.clone(),
+            rate_limit: self.rate_limit.clone(),
+        }
     }
 
     /// The configuration as TOML, with secrets redacted.
@@ -346,6 +367,15 @@ mod tests {
         );
         std::fs::write(&path, "[server]\ntls_cert = \"/nope.pem\"\n").unwrap();
         assert!(Config::load(&o).is_err());
+        std::fs::write(
+            &path,
+            "[auth.jwt]\nalgorithms = [\"HS256\"]\nhs256_secret = \"x\"\n",
+        )
+        .unwrap();
+        assert!(
+            Config::load(&o).is_err(),
+            "the production layer's rules are checked too"
+        );
         let missing = Overrides {
             config: Some(dir.path().join("missing.toml")),
             ..Overrides::default()

@@ -91,7 +91,27 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             Arc::new(log)
         }
     };
-    let state = AppState::new(storage.clone(), server_config(&cfg));
+    let layer_cfg = cfg.layer();
+    let key_store = if layer_cfg.auth.api_keys.enabled {
+        Some(
+            layer_cfg
+                .auth
+                .api_keys
+                .open_store()
+                .context("opening the API key store")?,
+        )
+    } else {
+        None
+    };
+    let layer = weir_layer::Production::build(&layer_cfg, key_store, weir_layer::clock::system())
+        .context("building the production layer")?;
+    weir_layer::metrics::install().context("installing the metrics recorder")?;
+    let mut server_cfg = server_config(&cfg);
+    if !matches!(layer_cfg.auth.mode, weir_layer::auth::AuthMode::None) {
+        // Responses depend on the caller's credentials.
+        server_cfg.cache_visibility = weir_server::config::CacheVisibility::Private;
+    }
+    let state = AppState::new(storage.clone(), server_cfg).with_layer(layer);
     let app = weir_server::router(state.clone());
 
     let addr: SocketAddr = format!("{}:{}", cfg.server.host, cfg.server.port)

@@ -33,6 +33,14 @@ enum Cmd {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Restart time and resident memory of the durable store with many
+    /// streams: creates N streams (one append each), restarts, reports.
+    Restart {
+        #[arg(long)]
+        weir_bin: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 100_000)]
+        streams: usize,
+    },
     /// Start Weir and the Node reference server(s), run the same workloads
     /// against each, print ratios.
     Compare {
@@ -64,6 +72,9 @@ fn main() -> anyhow::Result<()> {
             Cmd::Run { target, settings } => {
                 let f = workloads::run_all(&target, &settings, None).await?;
                 print_table(&[("server".to_owned(), f)], None);
+            }
+            Cmd::Restart { weir_bin, streams } => {
+                workloads::restart(weir_bin.as_deref(), streams).await?;
             }
             Cmd::Compare {
                 weir_bin,

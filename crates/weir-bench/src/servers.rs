@@ -70,6 +70,27 @@ impl Spawned {
     ) -> anyhow::Result<Spawned> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
+        Spawned::spawn(kind, weir_bin, node_dir, &data, dir).await
+    }
+
+    /// A durable Weir on a given data directory (kept after stop).
+    pub async fn start_in(
+        kind: ServerKind,
+        weir_bin: Option<&Path>,
+        data: &Path,
+    ) -> anyhow::Result<Spawned> {
+        let dir = tempfile::tempdir()?;
+        Spawned::spawn(kind, weir_bin, Path::new("bench/node"), data, dir).await
+    }
+
+    async fn spawn(
+        kind: ServerKind,
+        weir_bin: Option<&Path>,
+        node_dir: &Path,
+        data: &Path,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Spawned> {
+        let data = data.to_path_buf();
         let weir = weir_bin.map_or_else(default_weir_bin, Path::to_path_buf);
         let mut cmd = match kind {
             ServerKind::WeirMemory | ServerKind::WeirDurable => {

@@ -32,6 +32,8 @@ use super::fs::{Fs, LogFile};
 
 /// Name of the file recording the on-disk format version.
 pub const FORMAT_FILE: &str = "FORMAT";
+/// Written when a write or sync fails: the last durable position.
+pub const WRITE_FAILED_FILE: &str = "WRITE_FAILED";
 /// Current on-disk format.
 pub const FORMAT: &str = "weir-log 1\n";
 
@@ -186,6 +188,7 @@ fn scan(
     fs: &dyn Fs,
     size: u64,
     from: u64,
+    limit: Option<u64>,
     mut replay: impl FnMut(Recovered),
 ) -> Result<Scan, LogError> {
     let mut segments: Vec<u64> = fs.list()?.iter().filter_map(|n| parse_seg(n)).collect();
@@ -202,6 +205,9 @@ fn scan(
         let stop = loop {
             if off + HEADER as u64 > len {
                 break Some("segment ended without an end marker");
+            }
+            if limit.is_some_and(|l| seg * size + off >= l) {
+                break Some("last durable position before a failed write");
             }
             let mut h = [0u8; HEADER];
             f.read_exact_at(&mut h, off)?;
@@ -258,7 +264,11 @@ fn scan(
 /// to `each`. Safe while a server is writing (it sees a prefix).
 pub fn verify(fs: &dyn Fs, each: impl FnMut(Recovered)) -> Result<RecoveryReport, LogError> {
     let size = read_format(fs, None)?;
-    let s = scan(fs, size, 0, each)?;
+    let limit = fs
+        .read(WRITE_FAILED_FILE)
+        .ok()
+        .and_then(|v| String::from_utf8_lossy(&v).trim().parse::<u64>().ok());
+    let s = scan(fs, size, 0, limit, each)?;
     let mut report = s.report;
     if let Some((seg, _)) = s.end {
         report.dropped_segments = s.segments.iter().filter(|x| **x > seg).count() as u64;
@@ -322,7 +332,15 @@ impl Engine {
         let size = read_format(&*fs, Some(opts.segment_size))?;
         let mut opts = opts;
         opts.segment_size = size;
-        let mut scan = scan(&*fs, size, from, replay)?;
+        // After a failed write or sync, the pages of the failed batch may
+        // be "clean" in the page cache without being on disk: a restart
+        // without a reboot would read them back as valid. The marker holds
+        // the last durable position; nothing after it is trusted.
+        let limit = match fs.read(WRITE_FAILED_FILE) {
+            Ok(v) => String::from_utf8_lossy(&v).trim().parse::<u64>().ok(),
+            Err(_) => None,
+        };
+        let mut scan = scan(&*fs, size, from, limit, replay)?;
         let mut files = std::mem::take(&mut scan.files);
         let mut report = scan.report;
         let (next_seg, end_lsn) = match scan.end {
@@ -356,6 +374,16 @@ impl Engine {
             }
         };
         report.end_lsn = end_lsn;
+        // Records replayed after a crash of the process may still be only
+        // in the page cache: make them durable before anything is written
+        // after them, or a later power loss could open a hole in the log.
+        for f in files.values() {
+            f.sync_data()?;
+        }
+        if limit.is_some() {
+            fs.remove(WRITE_FAILED_FILE)?;
+            fs.sync_dir()?;
+        }
         let (tx, rx) = mpsc::channel::<Job>();
         let engine = Arc::new(Engine {
             fs,
@@ -506,6 +534,15 @@ impl Engine {
         if p.is_none() {
             tracing::error!(error = %e, "log write failed; refusing further writes");
             *p = Some(e.to_string());
+            // Remember the last durable position for the next recovery
+            // (best effort: the disk is failing).
+            let durable = self.durable.load(Ordering::Acquire);
+            if let Err(err) = self
+                .fs
+                .write_atomic(WRITE_FAILED_FILE, durable.to_string().as_bytes())
+            {
+                tracing::error!(error = %err, "could not record the last durable position");
+            }
         }
         self.poisoned.store(true, Ordering::Release);
     }

@@ -187,9 +187,12 @@ impl LogFile for SimHandle {
             let mut s = self.fs.state.lock();
             s.syncs += 1;
             if s.faults.fail_sync == Some(s.syncs) {
-                // A failed sync: nothing new becomes durable (and, like
-                // Linux, a later sync may wrongly succeed — the engine must
-                // not retry).
+                // Like Linux: the failed pages stay readable in the cache but
+                // are marked clean, so no later sync writes them. A restart
+                // without a power loss reads them back; a power loss drops
+                // them.
+                drop(s);
+                self.file.lock().pending.clear();
                 return Err(eio("fsync failed"));
             }
         }

@@ -163,6 +163,27 @@ impl Chunk {
     }
 }
 
+/// The chunks of a position-ordered run that overlap `[pos, end)`, in
+/// order, enough to cover `budget` bytes (at least one when any overlaps).
+/// `chunks` must start with the first chunk ending after `pos`.
+pub fn covering<'a>(
+    chunks: impl IntoIterator<Item = &'a Chunk>,
+    pos: u64,
+    end: u64,
+    budget: usize,
+) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    let mut covered = 0u64;
+    for c in chunks {
+        if c.start >= end || (covered >= budget as u64 && !out.is_empty()) {
+            break;
+        }
+        covered += c.end().min(end) - c.start.max(pos);
+        out.push(c.clone());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,16 +110,7 @@ impl Backend for MemoryBackend {
     ) -> Result<Vec<Chunk>, StorageError> {
         let chunks = index.chunks.lock();
         let first = chunks.partition_point(|c| c.end() <= pos);
-        let mut out = Vec::new();
-        let mut covered = 0u64;
-        for c in &chunks[first..] {
-            if c.start >= end || (covered >= budget as u64 && !out.is_empty()) {
-                break;
-            }
-            covered += c.end().min(end) - c.start.max(pos);
-            out.push(c.clone());
-        }
-        Ok(out)
+        Ok(crate::chunk::covering(&chunks[first..], pos, end, budget))
     }
 
     fn used_bytes(&self) -> u64 {

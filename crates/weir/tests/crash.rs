@@ -12,61 +12,31 @@
 //! 20 kill points by default; `WEIR_CRASH_ITERS=500` runs more.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use common::Served;
 use tokio::sync::Mutex;
 
 const WRITERS: usize = 8;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-async fn start(dir: &Path) -> Server {
+async fn start(dir: &Path) -> Served {
     let cfg = dir.join("weir.toml");
     std::fs::write(&cfg, "[storage]\nsegment_mib = 4\nmin_free_mib = 0\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--log-level",
-            "warn",
-            "--storage",
-            "log",
-        ])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("server did not start")
-        .unwrap()
-        .expect("server exited before listening");
-    let base = line.strip_prefix("listening on ").unwrap().to_owned();
-    Server { child, base }
-}
-
-fn kill9(s: &Server) {
-    let pid = s.child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
+    common::serve([
+        OsStr::new("--storage"),
+        OsStr::new("log"),
+        OsStr::new("--config"),
+        cfg.as_os_str(),
+        OsStr::new("--data-dir"),
+        dir.join("data").as_os_str(),
+    ])
+    .await
 }
 
 /// The byte position inside an offset token `IIII…_PPPP…` (the test knows
@@ -220,7 +190,7 @@ async fn acknowledged_appends_survive_sigkill() {
         // Kill at a pseudo-random point 20–220 ms into the load.
         let delay = 20 + (iter as u64 * 7919 % 200);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        kill9(&server);
+        server.kill9();
         let _ = server.child.wait().await;
         for t in tasks {
             let _ = t.await;
@@ -305,5 +275,5 @@ async fn acknowledged_appends_survive_sigkill() {
         acked >= iters * 10,
         "the workload must make progress between kills ({acked} acks)"
     );
-    kill9(&server);
+    server.kill9();
 }

@@ -2,11 +2,9 @@
 //! problem+json with correlation ids, request ids echoed, `/metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "test-secret-test-secret-test-secret!";
 
@@ -21,29 +19,14 @@ async fn required_auth_guards_streams_and_errors_carry_correlation_ids() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--log-level",
-            "warn",
-            "--storage",
-            "memory",
-            "--config",
-        ])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("server started");
-    let base = line.trim_start_matches("listening on ").to_owned();
+    let served = common::serve([
+        std::ffi::OsStr::new("--storage"),
+        std::ffi::OsStr::new("memory"),
+        std::ffi::OsStr::new("--config"),
+        cfg.as_os_str(),
+    ])
+    .await;
+    let (mut child, base) = (served.child, served.base);
     let client = reqwest::Client::new();
 
     let r = client

@@ -2,27 +2,13 @@
 //! and a server started on the copy.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
+mod common;
+
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
 async fn serve(data: &std::path::Path) -> (tokio::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--port", "0", "--log-level", "warn", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    (child, line.trim_start_matches("listening on ").to_owned())
+    let s = common::serve([std::ffi::OsStr::new("--data-dir"), data.as_os_str()]).await;
+    (s.child, s.base)
 }
 
 fn weir(args: &[&str]) -> (bool, String) {

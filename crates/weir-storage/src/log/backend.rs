@@ -252,16 +252,12 @@ impl Backend for LogBackend {
             let inner = index.inner.lock();
             if inner.hot.front().is_some_and(|(c, _)| c.start <= pos) {
                 let first = inner.hot.partition_point(|(c, _)| c.end() <= pos);
-                let mut out = Vec::new();
-                let mut covered = 0u64;
-                for (c, _) in inner.hot.iter().skip(first) {
-                    if c.start >= end || (covered >= budget as u64 && !out.is_empty()) {
-                        break;
-                    }
-                    covered += c.end().min(end) - c.start.max(pos);
-                    out.push(c.clone());
-                }
-                return Ok(out);
+                return Ok(crate::chunk::covering(
+                    inner.hot.iter().skip(first).map(|(c, _)| c),
+                    pos,
+                    end,
+                    budget,
+                ));
             }
         }
         // Cold: positioned reads off the async workers.

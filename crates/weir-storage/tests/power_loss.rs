@@ -166,6 +166,14 @@ async fn acknowledged_writes_survive_simulated_power_loss() {
             for w in 0..STREAMS {
                 tasks.push(tokio::spawn(load(s.clone(), w, epoch, 400, shared.clone())));
             }
+            if seed % 2 == 1 {
+                // Checkpoints taken while writes run must recover identically.
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    let _ = weir_storage::log::checkpoint::write(&s).await;
+                }));
+            }
             // Crash once a seed-dependent number of appends is acknowledged.
             let target = 20 + (seed * 37 + cycle * 11) % 300;
             let crashed = loop {

@@ -59,6 +59,7 @@ pub fn run(o: Overrides) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let mut log_store: Option<Arc<weir_storage::log::backend::LogStorage>> = None;
     let storage: Arc<dyn Storage> = match cfg.storage.backend {
         StorageKind::Memory => Arc::new(MemoryStorage::new(MemoryOptions {
             max_bytes: cfg.storage.memory_max_bytes,
@@ -88,7 +89,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "log recovered"
             );
-            Arc::new(log)
+            let log = Arc::new(log);
+            // Checkpoint every 64 MiB of log so restarts replay little.
+            weir_storage::log::checkpoint::spawn_periodic(log.clone(), 64 * 1024 * 1024);
+            log_store = Some(log.clone());
+            log
         }
     };
     let layer_cfg = cfg.layer();
@@ -151,6 +156,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         state.begin_shutdown();
     };
     weir_server::transport::serve(listener, app, transport, shutdown).await?;
+    if let Some(log) = &log_store {
+        // A checkpoint at shutdown makes the next start instant.
+        match weir_storage::log::checkpoint::write(log).await {
+            Ok(lsn) => tracing::info!(lsn, "checkpoint written"),
+            Err(e) => tracing::warn!(error = %e, "checkpoint at shutdown failed"),
+        }
+    }
     storage.shutdown().await;
     tracing::info!("weir stopped");
     Ok(())

@@ -88,6 +88,27 @@ struct IndexInner {
     last: Option<(u64, u64)>,
 }
 
+/// What a checkpoint saves of an index.
+pub(crate) struct SavedIndex {
+    /// (start position, LSN) anchors.
+    pub anchors: Vec<(u64, u64)>,
+    /// Newest data record: (start position, LSN).
+    pub last: Option<(u64, u64)>,
+    pub since_anchor: u64,
+}
+
+impl LogIndex {
+    /// The part of the index a checkpoint saves (hot data is not saved).
+    pub(crate) fn saved(&self) -> SavedIndex {
+        let i = self.inner.lock();
+        SavedIndex {
+            anchors: i.anchors.clone(),
+            last: i.last,
+            since_anchor: i.since_anchor,
+        }
+    }
+}
+
 impl Drop for LogIndex {
     fn drop(&mut self) {
         self.hot_used
@@ -183,6 +204,19 @@ impl LogBackend {
                 .inner
                 .lock()
                 .add(start, body.len(), lsn, None, &self.hot_used);
+        }
+    }
+
+    /// An index rebuilt from a checkpoint (no hot data).
+    pub(crate) fn restored_index(&self, saved: SavedIndex) -> LogIndex {
+        LogIndex {
+            inner: Mutex::new(IndexInner {
+                anchors: saved.anchors,
+                last: saved.last,
+                since_anchor: saved.since_anchor,
+                ..IndexInner::default()
+            }),
+            hot_used: self.hot_used.clone(),
         }
     }
 
@@ -383,9 +417,16 @@ pub fn open_with(
         space_checked_ms: std::sync::atomic::AtomicI64::new(0),
         _lock: lock,
     });
-    let table = Table::with_backend(backend.clone(), opts.limits.clone());
+    let (table, from) = match super::checkpoint::load(&*fs, &backend) {
+        Some((snap, lsn)) => {
+            let t = Table::restore(backend.clone(), opts.limits.clone(), snap)
+                .map_err(|e| StorageError::Io(format!("restoring the checkpoint: {e}")))?;
+            (t, lsn)
+        }
+        None => (Table::with_backend(backend.clone(), opts.limits.clone()), 0),
+    };
     let mut replay_error = None;
-    let (engine, report) = Engine::open(fs, opts.engine.clone(), 0, |rec| {
+    let (engine, report) = Engine::open(fs, opts.engine.clone(), from, |rec| {
         if replay_error.is_some() {
             return;
         }

@@ -3,6 +3,7 @@
 //! docs/storage.md for the on-disk format and recovery.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod codec;
 pub mod engine;
 pub mod frame;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod headers;
 mod live;
 mod manage;
+mod pieces;
 mod query;
 mod security;
 mod streams;

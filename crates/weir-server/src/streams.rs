@@ -499,13 +499,11 @@ pub(crate) fn data_response(_st: &AppState, c: &ReadChunk, status: StatusCode) -
     let body = if c.info.content_type.is_json() {
         let mut out = Vec::with_capacity(c.byte_len() + c.pieces.len() + 2);
         weir_core::json::wrap_array(c.pieces.iter().map(|p| &p[..]), &mut out);
-        Bytes::from(out)
-    } else if c.pieces.len() == 1 {
-        c.pieces[0].clone()
+        HttpBody::from(Bytes::from(out))
     } else {
-        Bytes::from(c.pieces.concat())
+        HttpBody::new(crate::pieces::Pieces::new(c.pieces.iter().cloned()))
     };
-    let mut resp = (status, HttpBody::from(body)).into_response();
+    let mut resp = (status, body).into_response();
     let rh = resp.headers_mut();
     ct_header(rh, &c.info.content_type);
     set(rh, headers::STREAM_NEXT_OFFSET, c.next);

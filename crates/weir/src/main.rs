@@ -1,5 +1,6 @@
 //! `weir`: the command line entry point.
 
+mod admin_cmd;
 mod config;
 mod serve;
 mod storage_cmd;
@@ -24,6 +25,12 @@ enum Command {
     /// Check or back up an embedded-log data directory.
     #[command(subcommand)]
     Storage(storage_cmd::StorageCmd),
+    /// Manage API keys (stored hashed in the production layer's database).
+    #[command(subcommand)]
+    Keys(admin_cmd::KeysCmd),
+    /// Apply or roll back the production layer's schema migrations.
+    #[command(subcommand)]
+    Migrate(admin_cmd::MigrateCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +51,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Storage(cmd) => storage_cmd::run(cmd),
+        Command::Keys(cmd) => admin_cmd::keys(cmd),
+        Command::Migrate(cmd) => admin_cmd::migrate(cmd),
         Command::Config(ConfigCmd::Print(o)) => {
             print!("{}", config::Config::load(&o)?.to_toml()?);
             Ok(())

@@ -91,3 +91,82 @@ async fn required_auth_guards_streams_and_errors_carry_correlation_ids() {
     assert!(text.contains("weir_http_requests_total"), "{text}");
     let _ = child.kill().await;
 }
+
+fn weir(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_from_the_cli_authenticate_and_revocation_takes_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("layer.db");
+    let cfg = dir.path().join("weir.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\nmode = \"required\"\n[auth.api_keys]\nenabled = true\nsqlite_path = \"{}\"\ncache_ttl_ms = 0\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let db_s = db.to_str().unwrap();
+    let status = weir(&["migrate", "up", "--db", db_s]);
+    assert!(status.contains("api_keys"), "{status}");
+    let created = weir(&[
+        "keys",
+        "create",
+        "--db",
+        db_s,
+        "--tenant",
+        "acme",
+        "--subject",
+        "ci",
+        "--roles",
+        "admin",
+    ]);
+    let token = created
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_owned();
+    let id = created
+        .lines()
+        .find_map(|l| l.strip_prefix("id:    "))
+        .unwrap()
+        .to_owned();
+
+    let served = common::serve([
+        std::ffi::OsStr::new("--storage"),
+        std::ffi::OsStr::new("memory"),
+        std::ffi::OsStr::new("--config"),
+        cfg.as_os_str(),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/stream/keyed", served.base);
+    let r = client
+        .put(&url)
+        .header("x-api-key", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(weir(&["keys", "list", "--db", db_s]).contains(&id));
+    weir(&["keys", "revoke", &id, "--db", db_s]);
+    let r = client
+        .get(&url)
+        .header("x-api-key", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a revoked key is refused");
+}

@@ -64,6 +64,16 @@ impl AppState {
         self
     }
 
+    /// Whether streams are scoped per tenant: when the production layer
+    /// authenticates callers, every stream lives under its principal's
+    /// tenant (`{tenant}/{name}` in storage) and other tenants' streams are
+    /// invisible (404), never forbidden (403).
+    pub fn tenancy(&self) -> bool {
+        self.layer
+            .as_ref()
+            .is_some_and(|l| !matches!(l.authenticator.mode(), weir_layer::auth::AuthMode::None))
+    }
+
     /// Starts a graceful shutdown: parked long-polls answer at once (`204`,
     /// clients simply poll again elsewhere) and SSE streams end after their
     /// last complete event, so clients resume from the last offset they saw.

@@ -42,8 +42,18 @@ struct Listing {
     next_cursor: Option<String>,
 }
 
-/// `GET /_weir/streams?prefix=&cursor=&limit=`
+/// `GET /_weir/streams?prefix=&cursor=&limit=` (only the caller's tenant)
 pub async fn list(State(st): State<AppState>, req: Request) -> Response {
+    let tenant = match crate::streams::tenant_of(&st, &req, weir_layer::Permission::Read) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let scope = |s: &str| -> String {
+        match &tenant {
+            Some(t) => weir_layer::authz::scoped_name(t, s),
+            None => s.to_owned(),
+        }
+    };
     let mut prefix = String::new();
     let mut cursor = None;
     let mut limit = 100usize;
@@ -64,7 +74,15 @@ pub async fn list(State(st): State<AppState>, req: Request) -> Response {
             _ => {}
         }
     }
-    let page = match st.storage.list(&prefix, cursor.as_deref(), limit + 1).await {
+    let page = match st
+        .storage
+        .list(
+            &scope(&prefix),
+            cursor.as_deref().map(scope).as_deref(),
+            limit + 1,
+        )
+        .await
+    {
         Ok(p) => p,
         Err(e) => return ApiError::from(e).into_response(),
     };
@@ -73,7 +91,12 @@ pub async fn list(State(st): State<AppState>, req: Request) -> Response {
         .into_iter()
         .take(limit)
         .map(|i| ListedStream {
-            name: i.name.to_string(),
+            name: match &tenant {
+                Some(t) => weir_layer::authz::unscoped_name(t, i.name.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                None => i.name.to_string(),
+            },
             content_type: i.content_type.as_str().to_owned(),
             next_offset: i.tail.to_string(),
             closed: i.closed,
@@ -158,9 +181,11 @@ impl BatchResult {
     }
 }
 
-fn item_request(item: &BatchItem) -> Result<(StreamName, AppendRequest), ApiError> {
-    let name = StreamName::new(&item.stream)
-        .map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))?;
+fn item_request(
+    item: &BatchItem,
+    tenant: Option<&str>,
+) -> Result<(StreamName, AppendRequest), ApiError> {
+    let name = crate::streams::scoped(tenant, &item.stream)?;
     let content_type = item
         .content_type
         .as_deref()
@@ -232,6 +257,10 @@ fn item_request(item: &BatchItem) -> Result<(StreamName, AppendRequest), ApiErro
 /// `POST /_weir/batch`: appends to several streams with one durable commit
 /// and per-item results (`200` with a `results` array in request order).
 pub async fn batch(State(st): State<AppState>, req: Request) -> Response {
+    let tenant = match crate::streams::tenant_of(&st, &req, weir_layer::Permission::Write) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
     let body = match body_bytes(st.config.max_body_bytes, req).await {
         Ok((_, b)) => b,
         Err(e) => return e.into_response(),
@@ -251,7 +280,7 @@ pub async fn batch(State(st): State<AppState>, req: Request) -> Response {
     let mut requests = Vec::new();
     let mut slots = Vec::new();
     for (i, item) in parsed.appends.iter().enumerate() {
-        match item_request(item) {
+        match item_request(item, tenant.as_deref()) {
             Ok(r) => {
                 results.push(None);
                 slots.push((i, r.1.producer.is_some()));

@@ -20,6 +20,45 @@ use crate::headers::{self, closed_flag, text};
 use crate::live;
 use crate::query::{Live, ReadQuery};
 
+/// The caller's tenant when streams are tenant-scoped, after checking the
+/// permission the operation needs. `Ok(None)`: no tenancy (auth off).
+pub(crate) fn tenant_of(
+    st: &AppState,
+    req: &Request,
+    needed: weir_layer::Permission,
+) -> Result<Option<String>, Box<Response>> {
+    if !st.tenancy() {
+        return Ok(None);
+    }
+    let Some(p) = req.extensions().get::<weir_layer::Principal>() else {
+        return Err(Box::new(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "authentication required",
+            )
+            .into_response(),
+        ));
+    };
+    weir_layer::require(p, needed).map_err(|e| Box::new(e.into_response()))?;
+    Ok(Some(p.tenant.clone()))
+}
+
+/// A stream name in storage: scoped under the tenant when there is one.
+pub(crate) fn scoped(tenant: Option<&str>, path: &str) -> Result<StreamName, ApiError> {
+    // Validate the client's part (so `__ds` stays reserved) and the whole.
+    StreamName::new(path)
+        .map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))?;
+    let full = match tenant {
+        Some(t) => weir_layer::authz::scoped_name(t, path),
+        None => {
+            return StreamName::new(path)
+                .map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()));
+        }
+    };
+    StreamName::new(&full).map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))
+}
+
 /// Routes a request under the stream root by method.
 pub async fn dispatch(
     State(st): State<AppState>,
@@ -27,16 +66,23 @@ pub async fn dispatch(
     req: Request,
 ) -> Response {
     if path == "__ds" || path.starts_with("__ds/") {
+        // Subscriptions are not tenant-scoped yet: with tenancy on they are
+        // an operator tool, open to admins only.
+        if let Err(r) = tenant_of(&st, &req, weir_layer::Permission::Admin) {
+            return *r;
+        }
         return crate::subscriptions::dispatch(st, &path, req).await;
     }
-    let name = match StreamName::new(&path) {
+    let tenant = match tenant_of(&st, &req, weir_layer::Permission::for_method(req.method())) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let name = match scoped(tenant.as_deref(), &path) {
         Ok(n) => n,
-        Err(e) => {
-            return ApiError::bad_request("stream_name_invalid", e.to_string()).into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     let result = match *req.method() {
-        Method::PUT => create(&st, name, req).await,
+        Method::PUT => create(&st, name, tenant.as_deref(), req).await,
         Method::POST => append(&st, name, req).await,
         Method::GET => read(&st, name, req).await,
         Method::HEAD => head(&st, name).await,
@@ -190,8 +236,8 @@ fn ct_header(h: &mut HeaderMap, ct: &ContentType) {
 }
 
 /// Turns a `Stream-Forked-From` value (a URL path on this server) into the
-/// source stream's name.
-fn source_name(st: &AppState, value: &str) -> Result<StreamName, ApiError> {
+/// source stream's name (in the caller's tenant).
+fn source_name(st: &AppState, value: &str, tenant: Option<&str>) -> Result<StreamName, ApiError> {
     let root = st.config.stream_root.trim_end_matches('/');
     let path = value.split(['?', '#']).next().unwrap_or("");
     let rel = path
@@ -205,11 +251,15 @@ fn source_name(st: &AppState, value: &str) -> Result<StreamName, ApiError> {
         .map_err(|_| {
             ApiError::bad_request("fork_headers_invalid", ForkError::BadSource.to_string())
         })?;
-    StreamName::new(&decoded)
-        .map_err(|e| ApiError::bad_request("fork_headers_invalid", e.to_string()))
+    scoped(tenant, &decoded).map_err(|e| ApiError::bad_request("fork_headers_invalid", e.detail))
 }
 
-async fn create(st: &AppState, name: StreamName, req: Request) -> Result<Response, ApiError> {
+async fn create(
+    st: &AppState,
+    name: StreamName,
+    tenant: Option<&str>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let peer = peer_ip(&req);
     let (h, body) = body_bytes(st.config.max_body_bytes, req).await?;
     let ct = content_type(&h)?;
@@ -232,7 +282,7 @@ async fn create(st: &AppState, name: StreamName, req: Request) -> Result<Respons
         }
         None => None,
         Some(src) => {
-            let source = source_name(st, src)?;
+            let source = source_name(st, src, tenant)?;
             let offset = fork_offset
                 .map(|o| {
                     Offset::parse(o)
@@ -302,14 +352,14 @@ async fn create(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     }
     if out.created {
         let root = st.config.stream_root.trim_end_matches('/');
+        // The client's name, without the tenant scope.
+        let own = tenant
+            .and_then(|t| weir_layer::authz::unscoped_name(t, name.as_str()))
+            .unwrap_or(name.as_str());
         set(
             rh,
             header::LOCATION,
-            format!(
-                "{}{root}/{}",
-                base_url(st, &h, peer),
-                url_path(name.as_str())
-            ),
+            format!("{}{root}/{}", base_url(st, &h, peer), url_path(own)),
         );
     }
     Ok(resp)

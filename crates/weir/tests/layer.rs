@@ -170,3 +170,157 @@ async fn api_keys_from_the_cli_authenticate_and_revocation_takes_effect() {
         .unwrap();
     assert_eq!(r.status(), 401, "a revoked key is refused");
 }
+
+fn token(tenant: &str, roles: &[&str]) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let claims = serde_json::json!({"sub": format!("user-{tenant}"), "iss": "https://idp.test/", "aud": "weir",
+        "exp": exp, "tenant": tenant, "roles": roles});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_never_see_each_others_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("weir.toml");
+    std::fs::write(
+        &cfg,
+        format!("[auth]\nmode = \"required\"\n[auth.jwt]\nissuer = \"https://idp.test/\"\naudience = [\"weir\"]\nhs256_secret = \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    let served = common::serve([
+        std::ffi::OsStr::new("--config"),
+        cfg.as_os_str(),
+        std::ffi::OsStr::new("--data-dir"),
+        dir.path().join("data").as_os_str(),
+    ])
+    .await;
+    let base = served.base.clone();
+    let c = reqwest::Client::new();
+    let (a, b, a_reader) = (
+        token("alpha", &["admin"]),
+        token("beta", &["admin"]),
+        token("alpha", &["reader"]),
+    );
+    let url = |p: &str| format!("{base}/v1/stream/{p}");
+    let r = c
+        .put(url("secret"))
+        .bearer_auth(&a)
+        .header("content-type", "text/plain")
+        .body("alpha data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .ends_with("/v1/stream/secret"),
+        "URLs do not show the tenant"
+    );
+
+    // Every operation of another tenant on it answers 404, exactly like a missing stream.
+    let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        ("read", c.get(url("secret")).bearer_auth(&b)),
+        ("head", c.head(url("secret")).bearer_auth(&b)),
+        (
+            "long-poll",
+            c.get(format!("{}?offset=-1&live=long-poll", url("secret")))
+                .bearer_auth(&b),
+        ),
+        (
+            "sse",
+            c.get(format!("{}?offset=-1&live=sse", url("secret")))
+                .bearer_auth(&b),
+        ),
+        (
+            "append",
+            c.post(url("secret"))
+                .bearer_auth(&b)
+                .header("content-type", "text/plain")
+                .body("x"),
+        ),
+        (
+            "close",
+            c.post(url("secret"))
+                .bearer_auth(&b)
+                .header("stream-closed", "true"),
+        ),
+        ("delete", c.delete(url("secret")).bearer_auth(&b)),
+        (
+            "fork",
+            c.put(url("stolen"))
+                .bearer_auth(&b)
+                .header("stream-forked-from", "/v1/stream/secret"),
+        ),
+    ];
+    for (what, req) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 404, "{what} by another tenant");
+    }
+    // The same name in another tenant is a different stream.
+    let r = c
+        .put(url("secret"))
+        .bearer_auth(&b)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "beta's own `secret`");
+    let listing: serde_json::Value = serde_json::from_slice(
+        &c.get(format!("{base}/_weir/streams"))
+            .bearer_auth(&b)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let names: Vec<&str> = listing["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["secret"]);
+    assert_eq!(
+        listing["streams"][0]["content_type"], "application/json",
+        "beta sees only its own stream"
+    );
+    // Alpha's data is untouched; a reader of alpha may read but not write.
+    let r = c
+        .get(url("secret"))
+        .bearer_auth(&a_reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "alpha data");
+    let r = c
+        .post(url("secret"))
+        .bearer_auth(&a_reader)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Subscriptions are operator-only while tenancy is on.
+    let r = c
+        .get(url("__ds/subscriptions/x"))
+        .bearer_auth(&a_reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}

@@ -96,8 +96,15 @@ impl Figures {
     }
 }
 
+/// Every request carries `X-Api-Key: $WEIR_BENCH_API_KEY` when set (to
+/// measure the cost of authentication).
 fn client() -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(k) = std::env::var("WEIR_BENCH_API_KEY") {
+        headers.insert("x-api-key", reqwest::header::HeaderValue::from_str(&k)?);
+    }
     Ok(reqwest::Client::builder()
+        .default_headers(headers)
         .http1_only()
         .pool_max_idle_per_host(usize::MAX)
         .tcp_nodelay(true)

@@ -76,6 +76,9 @@ pub struct ServerSection {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub compression: bool,
+    /// Run the production layer (request ids, metrics, auth, rate limits).
+    /// Off only to measure its overhead.
+    pub production_layer: bool,
 }
 
 /// `[storage]`: where streams are kept.
@@ -125,6 +128,7 @@ impl Default for ServerSection {
             tls_cert: None,
             tls_key: None,
             compression: true,
+            production_layer: true,
         }
     }
 }

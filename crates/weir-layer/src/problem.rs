@@ -98,6 +98,12 @@ error_codes! {
     StorageFull = ("storage_full", 507),
     StorageUnavailable = ("storage_unavailable", 503),
     StorageError = ("storage_error", 503),
+    /// A load-shedding budget is exhausted (`Retry-After` is set).
+    Overloaded = ("overloaded", 503),
+    /// One message is larger than `limits.max_message_bytes`.
+    MessageTooLarge = ("message_too_large", 413),
+    /// The tenant holds `limits.max_streams_per_tenant` streams already.
+    StreamQuotaExceeded = ("stream_quota_exceeded", 403),
     // --- the production layer ---
     /// No credentials, or credentials that did not verify (`WWW-Authenticate` is set).
     Unauthorized = ("unauthorized", 401),

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub tls: bool,
     /// Compress text-like responses (gzip, br, zstd) for clients that ask.
     pub compression: bool,
+    /// Load-shedding budgets and per-message/per-tenant limits.
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
             subscriptions: SubscriptionConfig::default(),
             tls: false,
             compression: true,
+            limits: crate::limits::Limits::default(),
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod limits;
 mod live;
 mod manage;
 mod pieces;
@@ -40,12 +41,15 @@ pub struct AppState {
     /// The production layer (auth, rate limits, request ids, metrics), when
     /// the server runs with one.
     pub layer: Option<Arc<weir_layer::Production>>,
+    /// Load-shedding budgets (`config.limits`).
+    pub shedder: Arc<limits::Shedder>,
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
     /// Builds the state and starts the subscription engine's background work.
     pub fn new(storage: Arc<dyn Storage>, config: ServerConfig) -> AppState {
+        let shedder = Arc::new(limits::Shedder::new(&config.limits));
         let config = Arc::new(config);
         let subscriptions = subscriptions::Subscriptions::start(storage.clone(), config.clone());
         AppState {
@@ -53,6 +57,7 @@ impl AppState {
             config,
             subscriptions,
             layer: None,
+            shedder,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
@@ -124,7 +129,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(streams::ready))
         .fallback(streams::fallback)
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::shed,
+        ));
     let router = match &state.layer {
         Some(layer) => {
             layer.apply(router.route("/metrics", get(weir_layer::http::metrics_handler)))

@@ -69,6 +69,7 @@ pub async fn long_poll(
     name: StreamName,
     q: ReadQuery,
 ) -> Result<Response, ApiError> {
+    let _slot = st.shedder.live()?;
     let mut watch = st.storage.watch(&name).await?;
     let mut timer = Box::pin(tokio::time::sleep(st.config.long_poll_timeout));
     let mut from = q.offset.unwrap_or(ReadFrom::Start);
@@ -150,9 +151,12 @@ struct SseState {
     timer: Pin<Box<Sleep>>,
     sent_control: bool,
     done: bool,
+    /// Held while the SSE body is open (released when the client goes).
+    _slot: crate::limits::LiveSlot,
 }
 
 pub async fn sse(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Response, ApiError> {
+    let slot = st.shedder.live()?;
     let watch = st.storage.watch(&name).await?;
     let first = st
         .storage
@@ -181,6 +185,7 @@ pub async fn sse(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Respon
         timer: Box::pin(tokio::time::sleep(st.config.sse_max_duration)),
         sent_control: false,
         done: false,
+        _slot: slot,
     };
     let stream = futures::stream::unfold(state, |mut s| async move {
         let frame = next_frame(&mut s).await?;

@@ -184,6 +184,7 @@ impl BatchResult {
 fn item_request(
     item: &BatchItem,
     tenant: Option<&str>,
+    max_message_bytes: usize,
 ) -> Result<(StreamName, AppendRequest), ApiError> {
     let name = crate::streams::scoped(tenant, &item.stream)?;
     let content_type = item
@@ -221,6 +222,7 @@ fn item_request(
         }
         other => other,
     };
+    crate::limits::check_messages(&body, max_message_bytes)?;
     if let Some(s) = &item.seq
         && !valid_stream_seq(s)
     {
@@ -280,7 +282,7 @@ pub async fn batch(State(st): State<AppState>, req: Request) -> Response {
     let mut requests = Vec::new();
     let mut slots = Vec::new();
     for (i, item) in parsed.appends.iter().enumerate() {
-        match item_request(item, tenant.as_deref()) {
+        match item_request(item, tenant.as_deref(), st.config.limits.max_message_bytes) {
             Ok(r) => {
                 results.push(None);
                 slots.push((i, r.1.producer.is_some()));

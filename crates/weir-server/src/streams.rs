@@ -326,6 +326,8 @@ async fn create(
     } else {
         Body::Bytes(body)
     };
+    crate::limits::check_messages(&body, st.config.limits.max_message_bytes)?;
+    crate::limits::check_stream_quota(st, tenant, &name).await?;
 
     let out = st
         .storage
@@ -397,6 +399,7 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     } else {
         Body::Bytes(body)
     };
+    crate::limits::check_messages(&body, st.config.limits.max_message_bytes)?;
     let had_producer = producer.is_some();
     let out = st
         .storage

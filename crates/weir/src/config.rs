@@ -56,6 +56,7 @@ pub struct Config {
     pub server: ServerSection,
     pub storage: StorageSection,
     pub log: LogSection,
+    pub limits: LimitsSection,
     /// Production layer (docs/configuration.md, "Production layer").
     pub auth: weir_layer::auth::AuthConfig,
     pub authz: weir_layer::authz::AuthzConfig,
@@ -93,6 +94,45 @@ pub struct StorageSection {
     pub memory_max_bytes: Option<u64>,
 }
 
+/// `[limits]`: load shedding and resource limits (docs/configuration.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_in_flight_requests: usize,
+    pub max_in_flight_body_bytes: usize,
+    pub max_live_readers: usize,
+    pub max_message_bytes: usize,
+    pub max_streams_per_tenant: Option<usize>,
+    pub retry_after_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = weir_server::limits::Limits::default();
+        LimitsSection {
+            max_in_flight_requests: d.max_in_flight_requests,
+            max_in_flight_body_bytes: d.max_in_flight_body_bytes,
+            max_live_readers: d.max_live_readers,
+            max_message_bytes: d.max_message_bytes,
+            max_streams_per_tenant: d.max_streams_per_tenant,
+            retry_after_secs: d.retry_after_secs,
+        }
+    }
+}
+
+impl LimitsSection {
+    pub fn to_limits(&self) -> weir_server::limits::Limits {
+        weir_server::limits::Limits {
+            max_in_flight_requests: self.max_in_flight_requests,
+            max_in_flight_body_bytes: self.max_in_flight_body_bytes,
+            max_live_readers: self.max_live_readers,
+            max_message_bytes: self.max_message_bytes,
+            max_streams_per_tenant: self.max_streams_per_tenant,
+            retry_after_secs: self.retry_after_secs,
+        }
+    }
+}
+
 /// `[log]`: stderr logging.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,6 +148,7 @@ impl Default for Config {
             server: ServerSection::default(),
             storage: StorageSection::default(),
             log: LogSection::default(),
+            limits: LimitsSection::default(),
             auth: Default::default(),
             authz: Default::default(),
             rate_limit: Default::default(),
@@ -254,6 +295,18 @@ impl Config {
             .with_context(|| format!("server.host `{}` is not an IP address", s.host))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .context("log.level is not a valid filter")?;
+        let l = &self.limits;
+        if l.max_in_flight_requests == 0 || l.max_in_flight_body_bytes == 0 {
+            anyhow::bail!(
+                "limits.max_in_flight_requests and max_in_flight_body_bytes must be positive"
+            );
+        }
+        if l.max_message_bytes == 0 {
+            anyhow::bail!("limits.max_message_bytes must be positive");
+        }
+        if !(1..=3600).contains(&l.retry_after_secs) {
+            anyhow::bail!("limits.retry_after_secs must be between 1 and 3600");
+        }
         if !(1..=4096).contains(&self.storage.segment_mib) {
             anyhow::bail!("storage.segment_mib must be between 1 and 4096");
         }

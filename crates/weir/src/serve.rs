@@ -38,6 +38,7 @@ pub fn server_config(c: &Config) -> ServerConfig {
     if let Some(ms) = c.server.long_poll_timeout_ms {
         cfg.long_poll_timeout = Duration::from_millis(ms);
     }
+    cfg.limits = c.limits.to_limits();
     if let Some(n) = c.server.max_body_bytes {
         cfg.max_body_bytes = n;
     }

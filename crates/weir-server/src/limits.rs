@@ -137,7 +137,7 @@ pub async fn shed(State(st): State<AppState>, req: Request, next: Next) -> Respo
     } else {
         match shedder.requests.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) => return shedder.overloaded("requests").into_response(),
+            Err(_) => return refuse(&st, req, shedder.overloaded("requests")).await,
         }
     };
     let _body = if carries_body(req.method()) {
@@ -158,7 +158,7 @@ pub async fn shed(State(st): State<AppState>, req: Request, next: Next) -> Respo
             let units = u32::try_from(units).unwrap_or(u32::MAX);
             match shedder.body_units.clone().try_acquire_many_owned(units) {
                 Ok(p) => Some(p),
-                Err(_) => return shedder.overloaded("body_bytes").into_response(),
+                Err(_) => return refuse(&st, req, shedder.overloaded("body_bytes")).await,
             }
         }
     } else {
@@ -226,6 +226,30 @@ pub async fn check_stream_quota(
             _ => return Ok(()),
         }
     }
+}
+
+/// Answers a shed request. Its body is read and discarded first (chunk by
+/// chunk, never held; at most the body limit, for at most two seconds):
+/// a server that answers before the upload ends and closes the socket
+/// makes most HTTP/1.1 clients fail with a broken pipe instead of showing
+/// the `503` and its `Retry-After`.
+async fn refuse(st: &AppState, req: Request, err: ApiError) -> Response {
+    use http_body_util::BodyExt;
+    if carries_body(req.method()) {
+        let limit = st.config.max_body_bytes;
+        let mut body = req.into_body();
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > limit {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    }
+    err.into_response()
 }
 
 fn carries_body(m: &Method) -> bool {

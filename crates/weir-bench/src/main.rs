@@ -6,6 +6,8 @@
 //! The load generator shares the machine's cores with the server, as the
 //! targets assume.
 
+mod overhead;
+mod raw;
 mod servers;
 mod workloads;
 
@@ -30,6 +32,9 @@ enum Cmd {
         /// Base URL, e.g. http://127.0.0.1:4437
         #[arg(long)]
         target: String,
+        /// The server's process id, to report its CPU per append and RSS.
+        #[arg(long)]
+        pid: Option<u32>,
         #[command(flatten)]
         settings: Settings,
     },
@@ -40,6 +45,17 @@ enum Cmd {
         weir_bin: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 100_000)]
         streams: usize,
+    },
+    /// The production layer's overhead on appends: the same weir with the
+    /// layer off and fully on (API keys, rate limit, metrics), alternated.
+    Overhead {
+        #[arg(long)]
+        weir_bin: Option<std::path::PathBuf>,
+        /// Rounds of (off, on); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[command(flatten)]
+        settings: Settings,
     },
     /// Start Weir and the Node reference server(s), run the same workloads
     /// against each, print ratios.
@@ -69,9 +85,20 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Run { target, settings } => {
-                let f = workloads::run_all(&target, &settings, None).await?;
+            Cmd::Run {
+                target,
+                pid,
+                settings,
+            } => {
+                let f = workloads::run_all(&target, &settings, pid).await?;
                 print_table(&[("server".to_owned(), f)], None);
+            }
+            Cmd::Overhead {
+                weir_bin,
+                rounds,
+                settings,
+            } => {
+                overhead::run(weir_bin.as_deref(), rounds, &settings).await?;
             }
             Cmd::Restart { weir_bin, streams } => {
                 workloads::restart(weir_bin.as_deref(), streams).await?;

@@ -62,6 +62,11 @@ fn default_weir_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("weir"))
 }
 
+/// The weir binary to run: the given one, else the one next to this tool.
+pub fn weir_bin(given: Option<&Path>) -> PathBuf {
+    given.map_or_else(default_weir_bin, Path::to_path_buf)
+}
+
 impl Spawned {
     pub async fn start(
         kind: ServerKind,
@@ -83,6 +88,23 @@ impl Spawned {
         Spawned::spawn(kind, weir_bin, Path::new("bench/node"), data, dir).await
     }
 
+    /// `weir serve` on port 0 with extra arguments.
+    pub async fn weir(weir: &Path, extra: Vec<std::ffi::OsString>) -> anyhow::Result<Spawned> {
+        let dir = tempfile::tempdir()?;
+        let mut c = Command::new(weir);
+        c.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-level",
+            "warn",
+        ]);
+        c.args(extra);
+        Spawned::launch(c, "weir", dir).await
+    }
+
     async fn spawn(
         kind: ServerKind,
         weir_bin: Option<&Path>,
@@ -92,7 +114,7 @@ impl Spawned {
     ) -> anyhow::Result<Spawned> {
         let data = data.to_path_buf();
         let weir = weir_bin.map_or_else(default_weir_bin, Path::to_path_buf);
-        let mut cmd = match kind {
+        let cmd = match kind {
             ServerKind::WeirMemory | ServerKind::WeirDurable => {
                 let mut c = Command::new(&weir);
                 c.args([
@@ -120,6 +142,14 @@ impl Spawned {
                 c
             }
         };
+        Spawned::launch(cmd, &kind.to_string(), dir).await
+    }
+
+    async fn launch(
+        mut cmd: Command,
+        kind: &str,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Spawned> {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -39,15 +39,16 @@ pub struct Settings {
     /// Milliseconds between fan-out messages.
     #[arg(long, default_value_t = 100)]
     pub fanout_interval_ms: u64,
+    /// Sent as `X-Api-Key` on every request (to measure authentication).
+    #[arg(long, env = "WEIR_BENCH_API_KEY")]
+    pub api_key: Option<String>,
 }
 
 /// Results of one server's run; `None` where a workload was skipped.
 #[derive(Debug, Default, Clone)]
 pub struct Figures {
-    pub one_stream_rps: Option<f64>,
-    pub one_stream_p99_ms: Option<f64>,
-    pub many_streams_rps: Option<f64>,
-    pub many_streams_p99_ms: Option<f64>,
+    pub one_stream: Option<AppendRun>,
+    pub many_streams: Option<AppendRun>,
     pub longpoll_p50_ms: Option<f64>,
     pub longpoll_p99_ms: Option<f64>,
     pub catchup_gib_s: Option<f64>,
@@ -66,18 +67,24 @@ pub struct Fanout {
 impl Figures {
     /// (row name, value) pairs in display order.
     pub fn rows(&self) -> Vec<(String, Option<f64>)> {
-        let mut rows = vec![
-            ("appends/s, 1 stream".to_owned(), self.one_stream_rps),
-            ("append p99 ms, 1 stream".to_owned(), self.one_stream_p99_ms),
-            ("appends/s, N streams".to_owned(), self.many_streams_rps),
-            (
-                "append p99 ms, N streams".to_owned(),
-                self.many_streams_p99_ms,
-            ),
+        let mut rows = Vec::new();
+        for (label, run) in [
+            ("1 stream", self.one_stream),
+            ("N streams", self.many_streams),
+        ] {
+            rows.push((format!("appends/s, {label}"), run.map(|r| r.rps)));
+            rows.push((format!("append p50 ms, {label}"), run.map(|r| r.p50_ms)));
+            rows.push((format!("append p99 ms, {label}"), run.map(|r| r.p99_ms)));
+            rows.push((
+                format!("server CPU µs/append, {label}"),
+                run.and_then(|r| r.server_cpu_us),
+            ));
+        }
+        rows.extend([
             ("long-poll delivery p50 ms".to_owned(), self.longpoll_p50_ms),
             ("long-poll delivery p99 ms".to_owned(), self.longpoll_p99_ms),
             ("catch-up read GiB/s".to_owned(), self.catchup_gib_s),
-        ];
+        ]);
         for f in &self.fanout {
             rows.push((
                 format!("SSE {} readers: delivery p50 ms", f.readers),
@@ -96,12 +103,12 @@ impl Figures {
     }
 }
 
-/// Every request carries `X-Api-Key: $WEIR_BENCH_API_KEY` when set (to
-/// measure the cost of authentication).
-fn client() -> anyhow::Result<reqwest::Client> {
+/// A reqwest client; every request carries `X-Api-Key` when the settings
+/// give one (to measure the cost of authentication).
+fn client_with(api_key: Option<&str>) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Ok(k) = std::env::var("WEIR_BENCH_API_KEY") {
-        headers.insert("x-api-key", reqwest::header::HeaderValue::from_str(&k)?);
+    if let Some(k) = api_key {
+        headers.insert("x-api-key", reqwest::header::HeaderValue::from_str(k)?);
     }
     Ok(reqwest::Client::builder()
         .default_headers(headers)
@@ -109,6 +116,24 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .pool_max_idle_per_host(usize::MAX)
         .tcp_nodelay(true)
         .build()?)
+}
+
+fn describe(r: &AppendRun) -> String {
+    let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    format!(
+        "{:.0} appends/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {} µs/append, load generator {} µs/append",
+        r.rps,
+        r.p50_ms,
+        r.p99_ms,
+        cpu(r.server_cpu_us),
+        cpu(r.client_cpu_us)
+    )
+}
+
+/// [`client_with`] the key of `WEIR_BENCH_API_KEY`, for the workloads
+/// that do not take settings.
+fn client() -> anyhow::Result<reqwest::Client> {
+    client_with(std::env::var("WEIR_BENCH_API_KEY").ok().as_deref())
 }
 
 fn pct(sorted: &[f64], p: f64) -> Option<f64> {
@@ -138,17 +163,12 @@ async fn create(c: &reqwest::Client, url: &str, ct: &str) -> anyhow::Result<()> 
 pub async fn run_all(base: &str, s: &Settings, pid: Option<u32>) -> anyhow::Result<Figures> {
     let mut f = Figures::default();
     if s.seconds > 0 {
-        let (rps, p99) = appends(base, s, 1).await?;
-        eprintln!("  1 stream: {rps:.0} appends/s, p99 {p99:.2} ms");
-        f.one_stream_rps = Some(rps);
-        f.one_stream_p99_ms = Some(p99);
-        let (rps, p99) = appends(base, s, s.connections).await?;
-        eprintln!(
-            "  {} streams: {rps:.0} appends/s, p99 {p99:.2} ms",
-            s.connections
-        );
-        f.many_streams_rps = Some(rps);
-        f.many_streams_p99_ms = Some(p99);
+        let one = appends(base, s, 1, pid).await?;
+        eprintln!("  1 stream: {}", describe(&one));
+        f.one_stream = Some(one);
+        let many = appends(base, s, s.connections, pid).await?;
+        eprintln!("  {} streams: {}", s.connections, describe(&many));
+        f.many_streams = Some(many);
     }
     if s.latency_samples > 0 {
         let (p50, p99) = longpoll_latency(base, s.latency_samples).await?;
@@ -192,46 +212,61 @@ pub async fn run_all(base: &str, s: &Settings, pid: Option<u32>) -> anyhow::Resu
     Ok(f)
 }
 
-/// Closed-loop 100-byte appends from `s.connections` connections to
-/// `streams` streams for `s.seconds`. Returns (appends/s, p99 ms).
-async fn appends(base: &str, s: &Settings, streams: usize) -> anyhow::Result<(f64, f64)> {
-    let c = client()?;
+/// What one append workload measured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AppendRun {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Server CPU (user + system) per append, when its pid is known.
+    pub server_cpu_us: Option<f64>,
+    /// The load generator's own CPU per append.
+    pub client_cpu_us: Option<f64>,
+}
+
+/// Closed-loop appends of `s.size` bytes from `s.connections` connections
+/// to `streams` streams for `s.seconds`, over the lean client in
+/// [`crate::raw`].
+pub async fn appends(
+    base: &str,
+    s: &Settings,
+    streams: usize,
+    pid: Option<u32>,
+) -> anyhow::Result<AppendRun> {
+    let c = client_with(s.api_key.as_deref())?;
     let prefix = unique("append");
-    let mut urls = Vec::new();
+    let root = base.trim_end_matches('/');
+    let mut paths = Vec::new();
     for i in 0..streams {
-        let u = format!("{base}/v1/stream/{prefix}-{i}");
-        create(&c, &u, "application/octet-stream").await?;
-        urls.push(u);
+        let path = format!("/v1/stream/{prefix}-{i}");
+        create(&c, &format!("{root}{path}"), "application/octet-stream").await?;
+        paths.push(path);
     }
-    let body = Bytes::from(vec![b'x'; s.size]);
+    let body = vec![b'x'; s.size];
     let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..s.connections {
-        let (c, url, body, stop, ok) = (
-            c.clone(),
-            urls[i % streams].clone(),
-            body.clone(),
-            stop.clone(),
-            ok.clone(),
-        );
+        let mut poster =
+            crate::raw::Poster::connect(root, &paths[i % streams], &body, s.api_key.as_deref())
+                .await?;
+        let (stop, measuring, ok) = (stop.clone(), measuring.clone(), ok.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let r = c
-                    .post(&url)
-                    .header("content-type", "application/octet-stream")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status().is_success() => {
+                match poster.post().await {
+                    Ok((status, ms)) if (200..300).contains(&status) => {
                         ok.fetch_add(1, Ordering::Relaxed);
-                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                        if measuring.load(Ordering::Relaxed) {
+                            lat.push(ms);
+                        }
                     }
-                    Ok(r) => eprintln!("append failed: {}", r.status()),
-                    Err(e) => eprintln!("append error: {e}"),
+                    Ok((status, _)) => eprintln!("append failed: {status}"),
+                    Err(e) => {
+                        eprintln!("append error: {e:#}");
+                        break;
+                    }
                 }
             }
             lat
@@ -239,18 +274,33 @@ async fn appends(base: &str, s: &Settings, streams: usize) -> anyhow::Result<(f6
     }
     // Warm up for a second, then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::Relaxed);
     let start_count = ok.load(Ordering::Relaxed);
+    let cpu0 = pid.and_then(crate::raw::cpu_seconds);
+    let self0 = crate::raw::cpu_seconds(std::process::id());
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(s.seconds)).await;
     let n = ok.load(Ordering::Relaxed) - start_count;
     let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = pid.and_then(crate::raw::cpu_seconds);
+    let self1 = crate::raw::cpu_seconds(std::process::id());
     stop.store(true, Ordering::Relaxed);
     let mut lat = Vec::new();
     for t in tasks {
         lat.extend(t.await?);
     }
     lat.sort_by(f64::total_cmp);
-    Ok((n as f64 / elapsed, pct(&lat, 0.99).unwrap_or(0.0)))
+    let per = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if n > 0 => Some((b - a) * 1e6 / n as f64),
+        _ => None,
+    };
+    Ok(AppendRun {
+        rps: n as f64 / elapsed,
+        p50_ms: pct(&lat, 0.50).unwrap_or(0.0),
+        p99_ms: pct(&lat, 0.99).unwrap_or(0.0),
+        server_cpu_us: per(cpu0, cpu1),
+        client_cpu_us: per(self0, self1),
+    })
 }
 
 /// Append → long-poll delivery latency: one reader parked at the tail, one

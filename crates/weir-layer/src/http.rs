@@ -95,19 +95,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let (id, traceparent) = RequestId::from_headers(req.headers());
-        let span = tracing::info_span!(
-            "request",
-            request_id = %id,
-            method = %req.method(),
-            path = %req.uri().path(),
-            tenant = tracing::field::Empty,
-            principal = tracing::field::Empty,
-        );
-        req.extensions_mut().insert(id.clone());
-        if let Some(tp) = traceparent {
-            req.extensions_mut().insert(tp);
-        }
+        let (id, span) = begin_request(&mut req);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(
@@ -120,8 +108,28 @@ where
     }
 }
 
+/// Takes the request's id (and W3C trace parent) from its headers into its
+/// extensions and opens its span. Shared by [`RequestIdService`] and the
+/// fused [`crate::stack::ProductionService`].
+pub(crate) fn begin_request<B>(req: &mut Request<B>) -> (RequestId, tracing::Span) {
+    let (id, traceparent) = RequestId::from_headers(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        tenant = tracing::field::Empty,
+        principal = tracing::field::Empty,
+    );
+    req.extensions_mut().insert(id.clone());
+    if let Some(tp) = traceparent {
+        req.extensions_mut().insert(tp);
+    }
+    (id, span)
+}
+
 /// Adds the id to the response head and to a problem body.
-async fn stamp(resp: Response, id: &RequestId) -> Response {
+pub(crate) async fn stamp(resp: Response, id: &RequestId) -> Response {
     let (mut parts, body) = resp.into_parts();
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         parts.headers.insert(&X_REQUEST_ID, v);
@@ -256,7 +264,7 @@ where
     }
 }
 
-fn method_label(h: &http::HeaderMap) -> &'static str {
+pub(crate) fn method_label(h: &http::HeaderMap) -> &'static str {
     match crate::auth::credential(h) {
         Ok(Some(c)) if c.starts_with(crate::auth::apikey::PREFIX) => "api_key",
         Ok(Some(_)) => "jwt",
@@ -394,10 +402,10 @@ pub struct MetricsService<S> {
     inner: S,
 }
 
-struct InFlight;
+pub(crate) struct InFlight;
 
 impl InFlight {
-    fn start() -> InFlight {
+    pub(crate) fn start() -> InFlight {
         metrics::gauge!(names::HTTP_IN_FLIGHT).increment(1.0);
         InFlight
     }
@@ -409,7 +417,7 @@ impl Drop for InFlight {
     }
 }
 
-fn method_name(m: &http::Method) -> &'static str {
+pub(crate) fn method_name(m: &http::Method) -> &'static str {
     match *m {
         http::Method::GET => "GET",
         http::Method::HEAD => "HEAD",
@@ -475,12 +483,5 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
     auth: Arc<Authenticator>,
     limiter: Option<Arc<RateLimiter>>,
 ) -> axum::Router<S> {
-    let router = match limiter {
-        Some(l) => router.layer(RateLimitLayer::new(l)),
-        None => router,
-    };
-    router
-        .layer(AuthLayer::new(auth))
-        .layer(MetricsLayer)
-        .layer(RequestIdLayer)
+    router.layer(crate::stack::ProductionLayer::new(auth, limiter))
 }

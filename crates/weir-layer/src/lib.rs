@@ -20,6 +20,7 @@ pub mod auth;
 pub mod authz;
 pub mod cache;
 pub mod clock;
+pub mod hex;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod metrics;
@@ -29,6 +30,7 @@ pub mod problem;
 pub mod ratelimit;
 pub mod request_id;
 pub mod secret;
+pub mod stack;
 pub mod store;
 
 use std::sync::Arc;

@@ -138,11 +138,7 @@ fn uuid_v7_hex(unix_ms: u64, rng: &mut impl RngCore) -> String {
     b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
     b[6] = (b[6] & 0x0f) | 0x70;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let mut s = String::with_capacity(32);
-    for byte in b {
-        s.push_str(&format!("{byte:02x}"));
-    }
-    s
+    crate::hex::encode(&b)
 }
 
 #[cfg(test)]

@@ -32,9 +32,16 @@ use weir_storage::Storage;
 
 pub use config::ServerConfig;
 
-/// Shared state of every handler.
+/// Shared state of every handler: one `Arc`, so the per-request clones
+/// that axum's `State` extractor and `from_fn_with_state` middleware make
+/// cost one atomic increment, not one per field.
 #[derive(Clone)]
 pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+/// What [`AppState`] shares.
+pub struct StateInner {
     pub storage: Arc<dyn Storage>,
     pub config: Arc<ServerConfig>,
     pub subscriptions: Arc<subscriptions::Subscriptions>,
@@ -46,6 +53,13 @@ pub struct AppState {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = StateInner;
+    fn deref(&self) -> &StateInner {
+        &self.inner
+    }
+}
+
 impl AppState {
     /// Builds the state and starts the subscription engine's background work.
     pub fn new(storage: Arc<dyn Storage>, config: ServerConfig) -> AppState {
@@ -53,20 +67,31 @@ impl AppState {
         let config = Arc::new(config);
         let subscriptions = subscriptions::Subscriptions::start(storage.clone(), config.clone());
         AppState {
-            storage,
-            config,
-            subscriptions,
-            layer: None,
-            shedder,
-            closing: Arc::new(tokio::sync::watch::channel(false).0),
+            inner: Arc::new(StateInner {
+                storage,
+                config,
+                subscriptions,
+                layer: None,
+                shedder,
+                closing: Arc::new(tokio::sync::watch::channel(false).0),
+            }),
         }
     }
 
     /// Runs every request through the production layer: request ids,
     /// metrics, authentication and rate limits (see `weir-layer`).
-    pub fn with_layer(mut self, layer: weir_layer::Production) -> AppState {
-        self.layer = Some(Arc::new(layer));
-        self
+    pub fn with_layer(self, layer: weir_layer::Production) -> AppState {
+        let i = &self.inner;
+        AppState {
+            inner: Arc::new(StateInner {
+                storage: i.storage.clone(),
+                config: i.config.clone(),
+                subscriptions: i.subscriptions.clone(),
+                layer: Some(Arc::new(layer)),
+                shedder: i.shedder.clone(),
+                closing: i.closing.clone(),
+            }),
+        }
     }
 
     /// Whether streams are scoped per tenant: when the production layer

@@ -145,22 +145,71 @@ pub(crate) async fn body_bytes(limit: usize, req: Request) -> Result<(HeaderMap,
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok((parts.headers, b)),
-        Err(e) => {
-            let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-            while let Some(s) = src {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return Err(too_large());
+    collect_body(body, limit, declared.unwrap_or(0) as usize)
+        .await
+        .map(|b| (parts.headers, b))
+        .map_err(|e| match e {
+            BodyError::TooLarge => too_large(),
+            BodyError::Read(e) => {
+                // The router's body limit reports itself as a read error.
+                let mut src: Option<&(dyn std::error::Error + 'static)> =
+                    std::error::Error::source(&e);
+                while let Some(s) = src {
+                    if s.is::<http_body_util::LengthLimitError>() {
+                        return too_large();
+                    }
+                    src = s.source();
                 }
-                src = s.source();
+                ApiError::bad_request(
+                    "body_unreadable",
+                    format!("could not read request body: {e}"),
+                )
             }
-            Err(ApiError::bad_request(
-                "body_unreadable",
-                format!("could not read request body: {e}"),
-            ))
+        })
+}
+
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// Reads a body of at most `limit` bytes. A body that arrives as one frame
+/// (the usual small append) is returned as is, without a copy; a body in
+/// several frames is gathered into one buffer sized from `Content-Length`
+/// up front, so a large upload is held once — growing a buffer by doubling
+/// would briefly hold it twice, which showed in peak memory under load.
+async fn collect_body(
+    mut body: axum::body::Body,
+    limit: usize,
+    declared: usize,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut first: Option<Bytes> = None;
+    let mut buf = bytes::BytesMut::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            return Err(BodyError::TooLarge);
         }
+        if buf.is_empty() && first.is_none() {
+            first = Some(data);
+            continue;
+        }
+        if let Some(f) = first.take() {
+            buf.reserve(declared.clamp(len, limit));
+            buf.extend_from_slice(&f);
+        }
+        buf.extend_from_slice(&data);
     }
+    Ok(match first {
+        Some(f) => f,
+        None => buf.freeze(),
+    })
 }
 
 fn content_type(h: &HeaderMap) -> Result<Option<ContentType>, ApiError> {

@@ -129,13 +129,16 @@ async fn uploads_past_the_budgets_are_shed_and_memory_stays_bounded() {
     assert_eq!(stored % (4 * MIB), 0, "only whole uploads are stored");
     assert!(stored <= 32 * MIB);
 
-    // Peak memory: budgets (16 MiB of bodies + 32 MiB of data) plus the
-    // runtime's working set, not the 192 MiB offered per wave.
+    // Peak memory: the budgets (16 MiB of bodies in flight + 32 MiB of
+    // stored data), plus per-connection read buffers of the 48 connections
+    // whose bodies are being drained, plus allocator slack — well under the
+    // 192 MiB each wave offers at once (buffering it all, with the copies
+    // a growing buffer makes, would take more than 250 MiB).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let peak = peak_rss(pid);
     let grown = peak.saturating_sub(baseline);
     assert!(
-        grown < 112 * MIB as u64,
+        grown < 144 * MIB as u64,
         "peak RSS grew by {} MiB (baseline {} MiB)",
         grown / MIB as u64,
         baseline / MIB as u64

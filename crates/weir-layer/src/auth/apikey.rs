@@ -218,13 +218,7 @@ pub fn parse_token(token: &str) -> Option<(&str, &str)> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    crate::hex::encode(bytes)
 }
 
 fn hash_secret(secret: &str) -> String {
@@ -245,6 +239,17 @@ pub struct ApiKeys {
     cache: TtlCache<String, Option<Arc<ApiKeyRecord>>>,
     /// ids whose `last_used_at` was written recently.
     touched: TtlCache<String, ()>,
+    /// id → the secret that last verified and the principal it gave, for
+    /// `cache_ttl_ms`: a repeated key skips the SHA-256 and the principal
+    /// construction (a constant-time comparison with the remembered secret
+    /// replaces them). Revocation clears it like `cache`.
+    verified: TtlCache<String, Arc<Verified>>,
+}
+
+struct Verified {
+    secret: String,
+    record: Arc<ApiKeyRecord>,
+    principal: Principal,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -266,6 +271,7 @@ impl ApiKeys {
             store,
             cache: TtlCache::new(cfg.cache_capacity),
             touched: TtlCache::new(cfg.cache_capacity),
+            verified: TtlCache::new(cfg.cache_capacity),
             cfg,
             table,
             clock,
@@ -303,6 +309,7 @@ impl ApiKeys {
         };
         self.store.insert(&record).await?;
         self.cache.remove(&id);
+        self.verified.remove(&id);
         Ok(CreatedApiKey {
             token: Secret::new(format!("{PREFIX}{id}_{secret}")),
             record,
@@ -314,6 +321,7 @@ impl ApiKeys {
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let found = self.store.revoke(id, self.clock.unix_secs()).await?;
         self.cache.remove(&id.to_owned());
+        self.verified.remove(&id.to_owned());
         Ok(found)
     }
 
@@ -343,6 +351,19 @@ impl ApiKeys {
         let (id, secret) =
             parse_token(token).ok_or_else(|| AuthError::Malformed("not a Weir API key".into()))?;
         let rec = self.lookup(id).await?.ok_or(AuthError::UnknownApiKey)?;
+        let now_t = self.clock.now();
+        if let Some(v) = self.verified.get(&id.to_owned(), now_t)
+            && Arc::ptr_eq(&v.record, &rec)
+            && constant_time_eq(secret.as_bytes(), v.secret.as_bytes())
+        {
+            // Same record as when it verified (a refreshed or revoked
+            // record is a new Arc), so only the expiry can have changed.
+            if rec.expires_at.is_some_and(|e| self.clock.unix_secs() >= e) {
+                return Err(AuthError::KeyExpired);
+            }
+            self.note_use(&rec.id);
+            return Ok(v.principal.clone());
+        }
         if !constant_time_eq(hash_secret(secret).as_bytes(), rec.secret_hash.as_bytes()) {
             return Err(AuthError::UnknownApiKey);
         }
@@ -365,6 +386,17 @@ impl ApiKeys {
             expires_at: rec.expires_at,
         };
         self.table.apply(&mut p);
+        let ttl = Duration::from_millis(self.cfg.cache_ttl_ms);
+        self.verified.insert(
+            rec.id.clone(),
+            Arc::new(Verified {
+                secret: secret.to_owned(),
+                record: rec.clone(),
+                principal: p.clone(),
+            }),
+            now_t + ttl,
+            now_t,
+        );
         Ok(p)
     }
 

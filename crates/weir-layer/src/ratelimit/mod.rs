@@ -456,7 +456,7 @@ fn backend_label(b: BackendKind) -> &'static str {
 fn hash_key(key: &str) -> String {
     let (rule, rest) = key.split_once(':').unwrap_or(("", key));
     let d = Sha256::digest(rest.as_bytes());
-    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::hex::encode(&d[..16]);
     format!("{rule}:{hex}")
 }
 

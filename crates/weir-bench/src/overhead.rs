@@ -1,0 +1,141 @@
+//! `weir-bench overhead`: what the production layer costs on appends.
+//!
+//! Starts the same `weir` binary twice on the durable default store: once
+//! with `server.production_layer = false`, once with the full layer on —
+//! API-key authentication required (SQLite key store), a local rate limit
+//! that checks every request (set high enough never to refuse), request
+//! ids and Prometheus metrics. Runs the append workloads against each,
+//! alternating the order every round so drift on a shared machine hits
+//! both alike, and prints medians and the layer's overhead.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use crate::servers::Spawned;
+use crate::workloads::{AppendRun, Settings, appends};
+
+const ON_TOML: &str = r#"
+[auth]
+mode = "required"
+
+[auth.api_keys]
+enabled = true
+sqlite_path = "@DB@"
+
+[rate_limit]
+enabled = true
+backend = "local"
+
+[[rate_limit.rules]]
+name = "global"
+key = "auto"
+limits.default = { requests = 100000000, window_secs = 1, burst = 100000000 }
+"#;
+
+async fn create_key(weir: &Path, db: &Path) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(weir)
+        .args(["keys", "create", "--tenant", "bench", "--subject", "bench"])
+        .args(["--roles", "manager", "--db"])
+        .arg(db)
+        .output()
+        .await
+        .context("running weir keys create")?;
+    if !out.status.success() {
+        bail!(
+            "weir keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8(out.stdout)?
+        .lines()
+        .find_map(|l| l.strip_prefix("token:"))
+        .map(|t| t.trim().to_owned())
+        .context("no token in the output of weir keys create")
+}
+
+/// Reads one figure of a run.
+type Getter = fn(&AppendRun) -> f64;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+pub async fn run(weir_bin: Option<&Path>, rounds: usize, s: &Settings) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let weir = crate::servers::weir_bin(weir_bin);
+    let db = dir.path().join("layer.db");
+    let key = create_key(&weir, &db).await?;
+    let off_cfg = dir.path().join("off.toml");
+    let on_cfg = dir.path().join("on.toml");
+    std::fs::write(&off_cfg, "[server]\nproduction_layer = false\n")?;
+    std::fs::write(&on_cfg, ON_TOML.replace("@DB@", &db.display().to_string()))?;
+    let args = |cfg: &Path, data: &str| -> Vec<OsString> {
+        vec![
+            "--config".into(),
+            cfg.into(),
+            "--data-dir".into(),
+            dir.path().join(data).into(),
+        ]
+    };
+    let off = Spawned::weir(&weir, args(&off_cfg, "data-off")).await?;
+    let on = Spawned::weir(&weir, args(&on_cfg, "data-on")).await?;
+    let on_settings = Settings {
+        api_key: Some(key),
+        ..s.clone()
+    };
+    let off_settings = Settings {
+        api_key: None,
+        ..s.clone()
+    };
+    // [layer off, layer on] × [1 stream, N streams]
+    let mut runs: [[Vec<AppendRun>; 2]; 2] = Default::default();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let (srv, set) = if which == 0 {
+                (&off, &off_settings)
+            } else {
+                (&on, &on_settings)
+            };
+            for (k, streams) in [1, s.connections].into_iter().enumerate() {
+                let r = appends(&srv.url, set, streams, Some(srv.pid)).await?;
+                eprintln!(
+                    "round {round} layer {} {streams:>3} streams: {:.0}/s p50 {:.2} ms p99 {:.2} ms cpu {:.1} µs",
+                    if which == 0 { "off" } else { "on " },
+                    r.rps,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.server_cpu_us.unwrap_or(0.0)
+                );
+                runs[which][k].push(r);
+            }
+        }
+    }
+    off.stop().await;
+    on.stop().await;
+    println!(
+        "{:<34}{:>14}{:>14}{:>12}",
+        "median of rounds", "layer off", "layer on", "on ÷ off"
+    );
+    for (k, label) in [(0, "1 stream"), (1, "N streams")] {
+        let rows: [(&str, Getter); 4] = [
+            ("appends/s", |r| r.rps),
+            ("append p50 ms", |r| r.p50_ms),
+            ("append p99 ms", |r| r.p99_ms),
+            ("server CPU µs/append", |r| r.server_cpu_us.unwrap_or(0.0)),
+        ];
+        for (name, get) in rows {
+            let a = median(runs[0][k].iter().map(get).collect());
+            let b = median(runs[1][k].iter().map(get).collect());
+            let ratio = if a == 0.0 { 0.0 } else { b / a };
+            println!(
+                "{:<34}{a:>14.2}{b:>14.2}{ratio:>12.3}",
+                format!("{name}, {label}")
+            );
+        }
+    }
+    Ok(())
+}

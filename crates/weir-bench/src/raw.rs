@@ -150,3 +150,71 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
 }
+
+/// Opens `GET path` on a new connection (an SSE or other streaming read)
+/// and returns the socket once the response head is in, with whatever body
+/// bytes arrived with it.
+pub async fn open_stream(base: &str, path: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let host = base
+        .strip_prefix("http://")
+        .context("the raw client speaks plain http:// only")?
+        .trim_end_matches('/');
+    let mut stream = TcpStream::connect(host).await?;
+    stream.set_nodelay(true)?;
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\naccept: text/event-stream\r\n");
+    if let Ok(k) = std::env::var("WEIR_BENCH_API_KEY") {
+        request.push_str(&format!("x-api-key: {k}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            if !buf.starts_with(b"HTTP/1.1 200") {
+                bail!(
+                    "stream request refused: {}",
+                    String::from_utf8_lossy(&buf[..end.min(200)])
+                );
+            }
+            buf.drain(..end + 4);
+            return Ok((stream, buf));
+        }
+        let mut tmp = [0u8; 4096];
+        let n = stream.read(&mut tmp).await?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// Scans `buf` for `t=<micros>;` markers, calls `each` with every value,
+/// and drops the consumed bytes (a marker cut by a read boundary stays for
+/// the next call). No allocation per event.
+pub fn take_markers(buf: &mut Vec<u8>, mut each: impl FnMut(u64)) {
+    let mut consumed = 0;
+    let mut at = 0;
+    while let Some(i) = find(&buf[at..], b"t=") {
+        let start = at + i + 2;
+        let Some(len) = buf[start..].iter().position(|&b| b == b';') else {
+            break;
+        };
+        let digits = &buf[start..start + len];
+        if let Some(v) = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            each(v);
+        }
+        at = start + len + 1;
+        consumed = at;
+    }
+    if consumed > 0 {
+        buf.drain(..consumed);
+    } else if buf.len() > 64 * 1024 {
+        // No marker in a long stretch: keep only a possible partial one.
+        let keep = buf.len() - 32;
+        buf.drain(..keep);
+    }
+}

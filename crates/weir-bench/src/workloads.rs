@@ -419,45 +419,33 @@ async fn fanout(
     pid: Option<u32>,
 ) -> anyhow::Result<(f64, f64, Option<f64>)> {
     let c = client()?;
-    let url = format!("{base}/v1/stream/{}", unique("fanout"));
+    let path = format!("/v1/stream/{}", unique("fanout"));
+    let root = base.trim_end_matches('/');
+    let url = format!("{root}{path}");
     create(&c, &url, "text/plain").await?;
     let epoch = Instant::now();
     let connected = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    // Readers use the lean raw client: the load generator shares the
+    // cores with the server, so its per-event cost must stay small.
     for _ in 0..readers {
-        let (url, connected) = (url.clone(), connected.clone());
-        let c = c.clone();
+        let (root, path, connected) = (root.to_owned(), path.clone(), connected.clone());
         tasks.push(tokio::spawn(async move {
-            let r = c.get(format!("{url}?offset=now&live=sse")).send().await?;
-            let mut body = r.bytes_stream();
-            let mut buf = String::new();
-            let mut lat = Vec::new();
-            let mut seen = 0;
-            let mut first = true;
-            while seen < messages {
-                let Some(chunk) =
-                    tokio::time::timeout(Duration::from_secs(30), body.next()).await?
-                else {
+            use tokio::io::AsyncReadExt;
+            let (mut sock, mut buf) =
+                crate::raw::open_stream(&root, &format!("{path}?offset=now&live=sse")).await?;
+            connected.fetch_add(1, Ordering::Relaxed);
+            let mut lat = Vec::with_capacity(messages);
+            let mut tmp = vec![0u8; 16 * 1024];
+            while lat.len() < messages {
+                let n =
+                    tokio::time::timeout(Duration::from_secs(30), sock.read(&mut tmp)).await??;
+                if n == 0 {
                     break;
-                };
+                }
                 let now = epoch.elapsed().as_micros() as f64;
-                buf.push_str(&String::from_utf8_lossy(&chunk?));
-                if first && buf.contains("event: control") {
-                    first = false;
-                    connected.fetch_add(1, Ordering::Relaxed);
-                }
-                while let Some(i) = buf.find("t=") {
-                    let rest = &buf[i + 2..];
-                    let Some(end) = rest.find(';') else { break };
-                    if let Ok(t) = rest[..end].parse::<f64>() {
-                        lat.push((now - t) / 1000.0);
-                        seen += 1;
-                    }
-                    buf = rest[end + 1..].to_owned();
-                }
-                if buf.len() > 4096 {
-                    buf.clear();
-                }
+                buf.extend_from_slice(&tmp[..n]);
+                crate::raw::take_markers(&mut buf, |t| lat.push((now - t as f64) / 1000.0));
             }
             anyhow::Ok(lat)
         }));
@@ -473,6 +461,10 @@ async fn fanout(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut peak_rss = pid.and_then(rss_mib);
+    // Every reader has its head; give the last ones a moment to park.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu0 = pid.and_then(crate::raw::cpu_seconds);
+    let self0 = crate::raw::cpu_seconds(std::process::id());
     for _ in 0..messages {
         let t = epoch.elapsed().as_micros();
         c.post(&url)
@@ -486,11 +478,22 @@ async fn fanout(
             peak_rss = Some(peak_rss.map_or(now, |r: f64| r.max(now)));
         }
     }
+    let cpu1 = pid.and_then(crate::raw::cpu_seconds);
+    let self1 = crate::raw::cpu_seconds(std::process::id());
     let mut lat = Vec::new();
     for t in tasks {
         lat.extend(t.await??);
     }
     lat.sort_by(f64::total_cmp);
+    let per = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if !lat.is_empty() => format!("{:.1}", (b - a) * 1e6 / lat.len() as f64),
+        _ => "-".to_owned(),
+    };
+    eprintln!(
+        "  SSE fan-out {readers}: CPU per delivery: server {} µs, load generator {} µs (includes idle waits)",
+        per(cpu0, cpu1),
+        per(self0, self1)
+    );
     if lat.len() < readers * messages / 2 {
         bail!(
             "only {} of {} deliveries observed",

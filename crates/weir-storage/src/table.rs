@@ -708,6 +708,55 @@ impl<B: Backend> Table<B> {
         Ok(())
     }
 
+    /// The index of the stream with incarnation `id` if the table still
+    /// holds it (live, or soft-deleted and kept for its forks). Compaction
+    /// keeps exactly these streams' data.
+    pub fn index_of(&self, id: u64) -> Option<Arc<B::Index>> {
+        let s = self.by_id(id).ok()?;
+        match self.registry.read().get(&s.meta.name) {
+            Some(Slot::Live(cur) | Slot::SoftDeleted(cur)) if Arc::ptr_eq(cur, &s) => {
+                Some(s.index.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs `f` as one operation against checkpoints: a snapshot sees all
+    /// or nothing of what `f` submits to the backend.
+    pub fn gated<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _gate = self.gate.read();
+        f()
+    }
+
+    /// Deletes every stream whose TTL or expiry has passed (expiry is
+    /// otherwise noticed lazily, on access), so its space can be
+    /// reclaimed. Returns how many were removed.
+    pub fn sweep_expired(&self) -> usize {
+        let now = now_ms();
+        let due: Vec<StreamName> = self
+            .registry
+            .read()
+            .iter()
+            .filter_map(|(name, slot)| match slot {
+                Slot::Live(s) if s.expired(now) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut removed = 0;
+        for name in due {
+            let _gate = self.gate.read();
+            let mut reg = self.registry.write();
+            if let Some(Slot::Live(s)) = reg.get(&name).cloned()
+                && s.expired(now)
+            {
+                let _ = self.backend.submit(&Op::Delete { id: s.meta.id }, None);
+                self.remove_locked(&mut reg, &s);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     fn by_id(&self, id: u64) -> Result<Arc<Stream<B::Index>>, RestoreError> {
         self.ids
             .lock()

@@ -12,7 +12,7 @@
 //!   read walks back from the next anchor to the one before the wanted
 //!   position: memory grows with stream size / 64 KiB, not with appends.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -65,6 +65,11 @@ pub struct LogBackend {
     /// Free-space guard: refreshed at most once a second on the write path.
     low_space: std::sync::atomic::AtomicBool,
     space_checked_ms: std::sync::atomic::AtomicI64,
+    /// Compacted segments not yet removed: segment → position of its
+    /// compacted marker (see [`super::compact`]).
+    pub(crate) compacted: Mutex<BTreeMap<u64, u64>>,
+    /// Data bytes per stream of each sealed segment compaction has scanned.
+    pub(crate) usage: Mutex<super::compact::Usage>,
     /// Held for the backend's lifetime: a second process cannot open the
     /// same directory.
     _lock: File,
@@ -86,6 +91,10 @@ struct IndexInner {
     since_anchor: u64,
     /// Newest data record: (start position, LSN).
     last: Option<(u64, u64)>,
+    /// Compaction: the position of the last original record of each
+    /// relocated run → the relocate record that replaced the run. The
+    /// run's successor still points back at the old position.
+    redirects: BTreeMap<u64, u64>,
 }
 
 /// What a checkpoint saves of an index.
@@ -95,6 +104,8 @@ pub(crate) struct SavedIndex {
     /// Newest data record: (start position, LSN).
     pub last: Option<(u64, u64)>,
     pub since_anchor: u64,
+    /// Old LSN → relocated LSN.
+    pub redirects: Vec<(u64, u64)>,
 }
 
 impl LogIndex {
@@ -105,7 +116,30 @@ impl LogIndex {
             anchors: i.anchors.clone(),
             last: i.last,
             since_anchor: i.since_anchor,
+            redirects: i.redirects.iter().map(|(a, b)| (*a, *b)).collect(),
         }
+    }
+
+    /// The start positions of the stream's anchors (relocated runs never
+    /// cross one, so every anchor keeps pointing at a record start).
+    pub(crate) fn anchor_starts(&self) -> Vec<u64> {
+        self.inner.lock().anchors.iter().map(|(s, _)| *s).collect()
+    }
+
+    /// Whether the run ending with the record at `old_last` was relocated.
+    pub(crate) fn relocated(&self, old_last: u64) -> bool {
+        self.inner.lock().redirects.contains_key(&old_last)
+    }
+
+    /// Follows redirects from `lsn` to where the record lives now.
+    pub(crate) fn resolve(&self, lsn: u64) -> u64 {
+        self.inner.lock().resolve(lsn)
+    }
+
+    /// (anchors, redirects) counts, for tests and metrics.
+    pub fn index_sizes(&self) -> (usize, usize) {
+        let i = self.inner.lock();
+        (i.anchors.len(), i.redirects.len())
     }
 }
 
@@ -117,6 +151,35 @@ impl Drop for LogIndex {
 }
 
 impl IndexInner {
+    /// Where the record once at `lsn` lives now.
+    fn resolve(&self, mut lsn: u64) -> u64 {
+        // Each hop moves to a newer relocate record; bounded anyway.
+        for _ in 0..64 {
+            match self.redirects.get(&lsn) {
+                Some(&to) if to != lsn => lsn = to,
+                _ => break,
+            }
+        }
+        lsn
+    }
+
+    /// Records that the run of records starting at position `start` and
+    /// ending with the record at `old_last` now lives at `new_lsn`.
+    fn relocated(&mut self, start: u64, old_last: u64, new_lsn: u64) {
+        self.redirects.insert(old_last, new_lsn);
+        let i = self.anchors.partition_point(|(s, _)| *s < start);
+        if let Some(a) = self.anchors.get_mut(i)
+            && a.0 == start
+        {
+            a.1 = new_lsn;
+        }
+        if let Some(last) = &mut self.last
+            && last.1 == old_last
+        {
+            *last = (start, new_lsn);
+        }
+    }
+
     /// Records a data record; `chunk` is kept hot when given.
     fn add(&mut self, start: u64, len: u64, lsn: u64, chunk: Option<Chunk>, hot_used: &AtomicU64) {
         if self.anchors.is_empty() || self.since_anchor >= ANCHOR_BYTES {
@@ -214,6 +277,7 @@ impl LogBackend {
                 anchors: saved.anchors,
                 last: saved.last,
                 since_anchor: saved.since_anchor,
+                redirects: saved.redirects.into_iter().collect(),
                 ..IndexInner::default()
             }),
             hot_used: self.hot_used.clone(),
@@ -223,6 +287,49 @@ impl LogBackend {
     /// What recovery found, for logs and `weir storage verify`.
     pub fn engine_handle(&self) -> Option<&Arc<Engine>> {
         self.engine.get()
+    }
+
+    /// Submits a relocate record for a run of `index`'s stream and points
+    /// the index at it, under the index lock (so an append racing with it
+    /// chains to whichever of the two the index shows). `first_prev` is the
+    /// back pointer of the run's first original record.
+    pub(crate) fn submit_relocate(
+        &self,
+        index: &LogIndex,
+        r: &codec::Relocate,
+        first_prev: u64,
+    ) -> Result<(u64, tokio::sync::oneshot::Receiver<Result<(), LogError>>), StorageError> {
+        let engine = self.engine()?;
+        let payload = codec::encode_relocate(r);
+        let mut inner = index.inner.lock();
+        let prev = if first_prev == NO_PREV {
+            NO_PREV
+        } else {
+            inner.resolve(first_prev)
+        };
+        let (lsn, rx) = engine
+            .submit(codec::kind::RELOCATE, r.id, prev, &payload)
+            .map_err(storage_error)?;
+        inner.relocated(r.start, r.old_last, lsn);
+        Ok((lsn, rx))
+    }
+
+    /// Submits a compacted marker for `seg` and records it.
+    pub(crate) fn submit_compacted(
+        &self,
+        seg: u64,
+    ) -> Result<(u64, tokio::sync::oneshot::Receiver<Result<(), LogError>>), StorageError> {
+        let engine = self.engine()?;
+        let (lsn, rx) = engine
+            .submit(
+                codec::kind::COMPACTED,
+                0,
+                NO_PREV,
+                &codec::encode_compacted(seg),
+            )
+            .map_err(storage_error)?;
+        self.compacted.lock().insert(seg, lsn);
+        Ok((lsn, rx))
     }
 }
 
@@ -294,16 +401,23 @@ impl Backend for LogBackend {
                 ));
             }
         }
-        // Cold: positioned reads off the async workers.
+        // Cold: positioned reads off the async workers. Compaction may
+        // remove a segment between reading the index and reading the
+        // records: the second try sees the relocated positions.
         let index = index.clone();
         let engine = self.engine()?.clone();
-        tokio::task::spawn_blocking(move || cold_chunks(&engine, &index, pos, end))
-            .await
-            .map_err(|e| StorageError::Io(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            cold_chunks(&engine, &index, pos, end)
+                .or_else(|_| cold_chunks(&engine, &index, pos, end))
+        })
+        .await
+        .map_err(|e| StorageError::Io(e.to_string()))?
     }
 
     fn used_bytes(&self) -> u64 {
-        self.engine.get().map_or(0, |e| e.durable_lsn())
+        self.engine
+            .get()
+            .map_or(0, |e| e.durable_lsn().saturating_sub(e.reclaimed_bytes()))
     }
 
     async fn ready(&self) -> Result<(), StorageError> {
@@ -337,45 +451,56 @@ fn cold_chunks(
     pos: u64,
     end: u64,
 ) -> Result<Vec<Chunk>, StorageError> {
-    let (from_lsn, upper) = {
+    let (from_start, from_lsn, upper) = {
         let inner = index.inner.lock();
         let i = inner.anchors.partition_point(|(start, _)| *start <= pos);
         if i == 0 {
             return Ok(Vec::new());
         }
-        let from = inner.anchors[i - 1].1;
+        let (from_start, from) = inner.anchors[i - 1];
         // Walk back from the record just before the next anchor, or from
         // the newest record.
         let upper = match inner.anchors.get(i) {
             Some(&(_, next)) => Some((next, true)),
             None => inner.last.map(|(_, l)| (l, false)),
         };
-        (from, upper)
+        (from_start, from, upper)
     };
     let Some((mut lsn, skip_first)) = upper else {
         return Ok(Vec::new());
     };
     let mut records = Vec::new();
     let mut first = true;
+    // An anchor interval holds at most ANCHOR_BYTES of data plus one
+    // record, each record at least one byte: a longer walk is a broken
+    // chain (relocation makes positions along a chain non-monotonic, so
+    // `prev < lsn` is no longer a test).
+    let mut steps = 0u64;
     loop {
         let (h, payload) = engine.read(lsn).map_err(storage_error)?;
+        let rec = codec::decode_record(&payload).map_err(|e| StorageError::Io(e.to_string()))?;
+        let start = codec::record_data(&rec).map(|(_, start, ..)| start);
         if !(first && skip_first) {
-            records.push(payload);
+            records.push(rec);
         }
         first = false;
-        if lsn == from_lsn || h.prev == NO_PREV {
+        // Stop at the lower anchor (also when a compaction relocated it
+        // after the anchors above were read: then its start ends the walk).
+        if lsn == from_lsn || h.prev == NO_PREV || start.is_some_and(|s| s <= from_start) {
             break;
         }
-        if h.prev >= lsn {
+        steps += 1;
+        if steps > 2 * ANCHOR_BYTES + 2 {
             return Err(StorageError::Io(format!("broken record chain at {lsn}")));
         }
-        lsn = h.prev;
+        lsn = index.resolve(h.prev);
     }
     records.reverse();
     let mut out = Vec::with_capacity(records.len());
-    for payload in records {
-        let op = codec::decode(&payload).map_err(|e| StorageError::Io(e.to_string()))?;
-        if let Some((start, body)) = op_chunk(&op) {
+    for rec in records {
+        if let Some((_, start, json, entries)) = codec::record_data(&rec)
+            && let Some(body) = ChunkBody::from_entries(json, entries)
+        {
             let c = Chunk { start, body };
             if c.end() > pos && c.start < end {
                 out.push(c);
@@ -415,10 +540,13 @@ pub fn open_with(
         min_free_bytes: opts.min_free_bytes,
         low_space: std::sync::atomic::AtomicBool::new(false),
         space_checked_ms: std::sync::atomic::AtomicI64::new(0),
+        compacted: Mutex::new(BTreeMap::new()),
+        usage: Mutex::new(BTreeMap::new()),
         _lock: lock,
     });
     let (table, from) = match super::checkpoint::load(&*fs, &backend) {
-        Some((snap, lsn)) => {
+        Some((snap, lsn, compacted)) => {
+            *backend.compacted.lock() = compacted.into_iter().collect();
             let t = Table::restore(backend.clone(), opts.limits.clone(), snap)
                 .map_err(|e| StorageError::Io(format!("restoring the checkpoint: {e}")))?;
             (t, lsn)
@@ -430,11 +558,20 @@ pub fn open_with(
         if replay_error.is_some() {
             return;
         }
-        match codec::decode(&rec.payload) {
-            Ok(op) => {
+        match codec::decode_record(&rec.payload) {
+            Ok(codec::Record::Op(op)) => {
                 if let Err(e) = table.replay(&op, |idx| backend.replayed(idx, &op, rec.lsn)) {
                     replay_error = Some(e.to_string());
                 }
+            }
+            Ok(codec::Record::Relocate(r)) => {
+                // A stream deleted since keeps nothing to relocate.
+                if let Some(idx) = table.index_of(r.id) {
+                    idx.inner.lock().relocated(r.start, r.old_last, rec.lsn);
+                }
+            }
+            Ok(codec::Record::Compacted(seg)) => {
+                backend.compacted.lock().insert(seg, rec.lsn);
             }
             Err(e) => replay_error = Some(format!("record at {}: {e}", rec.lsn)),
         }
@@ -469,33 +606,82 @@ pub struct VerifySummary {
     /// Records that passed their CRCs but do not make sense (undecodable
     /// payload, append to an unknown stream, …).
     pub problems: Vec<String>,
+    /// The first segment on disk (above 0 once compaction removed older
+    /// ones), and the checkpoint the check started from in that case.
+    pub first_segment: u64,
+    pub checkpoint: Option<u64>,
 }
 
 /// Checks a data directory offline: every record's checksums, that every
 /// payload decodes, and that replaying them builds a consistent store. Takes
 /// no lock and writes nothing, so it is safe next to a running server (it
-/// then checks the prefix written so far).
+/// then checks the prefix written so far). When compaction has removed the
+/// first segments, the replay starts from the newest readable checkpoint
+/// (which must lie within the log) instead of from nothing.
 pub fn verify_dir(dir: &Path) -> Result<VerifySummary, StorageError> {
     let fs = RealFs::new(dir).map_err(|e| StorageError::Io(e.to_string()))?;
+    let size = super::engine::segment_size_of(&fs).map_err(storage_error)?;
+    let segments = super::engine::list_segments(&fs).map_err(storage_error)?;
+    let first_segment = segments.first().copied().unwrap_or(0);
     let memory = Arc::new(crate::memory::MemoryBackend::default());
-    let table = Table::with_backend(memory.clone(), TableLimits::default());
     let mut problems = Vec::new();
-    let report = super::engine::verify(&fs, |rec| match codec::decode(&rec.payload) {
-        Ok(op) => {
-            if let Err(e) = table.replay(&op, |idx| {
-                let _ = memory.submit(&op, Some(idx));
-            }) {
-                problems.push(format!("record at {}: {e}", rec.lsn));
-            }
+    let (table, from, checkpoint) = if first_segment == 0 {
+        (
+            Table::with_backend(memory.clone(), TableLimits::default()),
+            0,
+            None,
+        )
+    } else {
+        let Some((streams, kv, next_id, lsn)) = super::checkpoint::load_plain(&fs) else {
+            return Err(storage_error(LogError::MissingSegments(format!(
+                "segments 0..{first_segment} were removed by compaction and no checkpoint is readable"
+            ))));
+        };
+        if lsn < first_segment * size {
+            return Err(storage_error(LogError::MissingSegments(format!(
+                "the newest readable checkpoint ({lsn}) needs segment {} but the log starts at segment {first_segment}",
+                lsn / size
+            ))));
         }
-        Err(e) => problems.push(format!("record at {}: {e}", rec.lsn)),
-    })
-    .map_err(storage_error)?;
+        let snap = crate::table::TableSnapshot {
+            next_id,
+            streams: streams
+                .into_iter()
+                .map(|(meta, state, soft_deleted)| crate::table::StreamSnapshot {
+                    meta,
+                    state,
+                    soft_deleted,
+                    index: Arc::new(memory.new_index()),
+                })
+                .collect(),
+            kv,
+        };
+        let t = Table::restore(memory.clone(), TableLimits::default(), snap)
+            .map_err(|e| StorageError::Io(format!("restoring the checkpoint: {e}")))?;
+        (t, lsn, Some(lsn))
+    };
+    let report =
+        super::engine::verify(&fs, first_segment * size, |rec| match codec::decode_record(
+            &rec.payload,
+        ) {
+            Ok(codec::Record::Op(op)) if rec.lsn >= from => {
+                if let Err(e) = table.replay(&op, |idx| {
+                    let _ = memory.submit(&op, Some(idx));
+                }) {
+                    problems.push(format!("record at {}: {e}", rec.lsn));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("record at {}: {e}", rec.lsn)),
+        })
+        .map_err(storage_error)?;
     let (snap, ()) = table.snapshot(|| ());
     Ok(VerifySummary {
         report,
         streams: snap.streams.len(),
         problems,
+        first_segment,
+        checkpoint,
     })
 }
 

@@ -35,6 +35,9 @@ struct Body {
     next_id: u64,
     streams: Vec<SavedStream>,
     kv: Vec<(String, String, u64)>,
+    /// Compacted segments not yet removed: (segment, marker position).
+    #[serde(default)]
+    compacted: Vec<(u64, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -45,13 +48,16 @@ struct SavedStream {
     anchors: Vec<(u64, u64)>,
     last: Option<(u64, u64)>,
     since_anchor: u64,
+    /// Compaction redirects: (old LSN, relocated LSN).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    redirects: Vec<(u64, u64)>,
 }
 
-fn name(lsn: u64) -> String {
+pub(crate) fn name(lsn: u64) -> String {
     format!("checkpoint-{lsn:020}.ckpt")
 }
 
-fn parse_name(n: &str) -> Option<u64> {
+pub(crate) fn parse_name(n: &str) -> Option<u64> {
     n.strip_prefix("checkpoint-")?
         .strip_suffix(".ckpt")?
         .parse()
@@ -65,7 +71,15 @@ pub async fn write(table: &LogStorage) -> Result<u64, StorageError> {
         .engine_handle()
         .cloned()
         .ok_or_else(|| StorageError::Unavailable("log not open".into()))?;
-    let (snap, lsn) = table.snapshot(|| engine.submitted_lsn());
+    let (snap, (lsn, compacted)) = table.snapshot(|| {
+        let compacted: Vec<(u64, u64)> = backend
+            .compacted
+            .lock()
+            .iter()
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        (engine.submitted_lsn(), compacted)
+    });
     engine
         .wait_durable(lsn)
         .await
@@ -85,6 +99,7 @@ pub async fn write(table: &LogStorage) -> Result<u64, StorageError> {
                     anchors: saved.anchors,
                     last: saved.last,
                     since_anchor: saved.since_anchor,
+                    redirects: saved.redirects,
                 }
             })
             .collect(),
@@ -93,6 +108,7 @@ pub async fn write(table: &LogStorage) -> Result<u64, StorageError> {
             .into_iter()
             .map(|(k, v, ver)| (k, base64::engine::general_purpose::STANDARD.encode(&v), ver))
             .collect(),
+        compacted,
     };
     let fs = engine.fs().clone();
     tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
@@ -119,8 +135,23 @@ pub async fn write(table: &LogStorage) -> Result<u64, StorageError> {
     Ok(lsn)
 }
 
+/// A loaded checkpoint: the table, its position, the compacted segments.
+pub(crate) type Loaded = (TableSnapshot<LogIndex>, u64, Vec<(u64, u64)>);
+
+/// The positions of the checkpoints in `fs`, oldest first.
+pub fn list(fs: &dyn Fs) -> Vec<u64> {
+    let mut all: Vec<u64> = fs
+        .list()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| parse_name(n))
+        .collect();
+    all.sort_unstable();
+    all
+}
+
 /// The newest readable checkpoint, as a table snapshot and its position.
-pub(crate) fn load(fs: &dyn Fs, backend: &LogBackend) -> Option<(TableSnapshot<LogIndex>, u64)> {
+pub(crate) fn load(fs: &dyn Fs, backend: &LogBackend) -> Option<Loaded> {
     let mut all: Vec<u64> = fs
         .list()
         .ok()?
@@ -137,7 +168,42 @@ pub(crate) fn load(fs: &dyn Fs, backend: &LogBackend) -> Option<(TableSnapshot<L
     None
 }
 
-fn read_one(fs: &dyn Fs, backend: &LogBackend, lsn: u64) -> Option<(TableSnapshot<LogIndex>, u64)> {
+/// The stream table a checkpoint holds, without indexes (for `weir
+/// storage verify`): (metadata, state, soft-deleted) per stream, the kv
+/// space, the next id, and the checkpoint's position.
+pub(crate) type Plain = (
+    Vec<(StreamMeta, StreamState, bool)>,
+    Vec<(String, Bytes, u64)>,
+    u64,
+    u64,
+);
+
+/// The newest readable checkpoint, without indexes.
+pub(crate) fn load_plain(fs: &dyn Fs) -> Option<Plain> {
+    for lsn in list(fs).into_iter().rev() {
+        if let Some(body) = read_body(fs, lsn) {
+            let kv = decode_kv(body.kv)?;
+            let streams = body
+                .streams
+                .into_iter()
+                .map(|s| (s.meta, s.state, s.soft_deleted))
+                .collect();
+            return Some((streams, kv, body.next_id, lsn));
+        }
+    }
+    None
+}
+
+fn decode_kv(kv: Vec<(String, String, u64)>) -> Option<Vec<(String, Bytes, u64)>> {
+    kv.into_iter()
+        .map(|(k, v, ver)| {
+            let v = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+            Some((k, Bytes::from(v), ver))
+        })
+        .collect()
+}
+
+fn read_body(fs: &dyn Fs, lsn: u64) -> Option<Body> {
     let raw = fs.read(&name(lsn)).ok()?;
     let nl = raw.iter().position(|b| *b == b'\n')?;
     let head = std::str::from_utf8(&raw[..nl]).ok()?;
@@ -150,6 +216,11 @@ fn read_one(fs: &dyn Fs, backend: &LogBackend, lsn: u64) -> Option<(TableSnapsho
     if body.lsn != lsn {
         return None;
     }
+    Some(body)
+}
+
+fn read_one(fs: &dyn Fs, backend: &LogBackend, lsn: u64) -> Option<Loaded> {
+    let body = read_body(fs, lsn)?;
     let streams = body
         .streams
         .into_iter()
@@ -161,17 +232,11 @@ fn read_one(fs: &dyn Fs, backend: &LogBackend, lsn: u64) -> Option<(TableSnapsho
                 anchors: s.anchors,
                 last: s.last,
                 since_anchor: s.since_anchor,
+                redirects: s.redirects,
             })),
         })
         .collect();
-    let kv = body
-        .kv
-        .into_iter()
-        .map(|(k, v, ver)| {
-            let v = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
-            Some((k, Bytes::from(v), ver))
-        })
-        .collect::<Option<Vec<_>>>()?;
+    let kv = decode_kv(body.kv)?;
     Some((
         TableSnapshot {
             next_id: body.next_id,
@@ -179,11 +244,13 @@ fn read_one(fs: &dyn Fs, backend: &LogBackend, lsn: u64) -> Option<(TableSnapsho
             kv,
         },
         lsn,
+        body.compacted,
     ))
 }
 
 /// Writes a checkpoint whenever the log has grown by `every_bytes` since
-/// the last one (checked every few seconds).
+/// the last one (checked every few seconds), and runs compaction after
+/// each one.
 pub fn spawn_periodic(table: Arc<LogStorage>, every_bytes: u64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Some(engine) = table.backend().engine_handle().cloned() else {
@@ -195,7 +262,17 @@ pub fn spawn_periodic(table: Arc<LogStorage>, every_bytes: u64) -> tokio::task::
             let now: u64 = Engine::durable_lsn(&engine);
             if now.saturating_sub(last) >= every_bytes {
                 match write(&table).await {
-                    Ok(lsn) => last = lsn,
+                    Ok(lsn) => {
+                        last = lsn;
+                        let opts = super::compact::CompactOptions::default();
+                        match super::compact::run(&table, &opts).await {
+                            Ok(r) if r != super::compact::CompactReport::default() => {
+                                tracing::info!(?r, "compacted the log");
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "compaction failed"),
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
                 }
             }

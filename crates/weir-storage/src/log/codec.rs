@@ -12,6 +12,9 @@
 //! kind 3  Delete    := u64 id
 //! kind 4  KvPut     := str16 key, u64 version, bytes32 value
 //! kind 5  KvDelete  := str16 key
+//! kind 6  Relocate  := u64 id, u64 start, u8 json, u64 old_last_lsn,
+//!                      u32 n, n × bytes32 entry
+//! kind 7  Compacted := u64 segment
 //! commit  := u8 flags (1 close, 2 producer, 4 closed_by, 8 stream_seq),
 //!            [str16 producer_id, u64 epoch, u64 last_seq],
 //!            [str16 closer_id, u64 epoch, u64 seq],
@@ -37,6 +40,134 @@ pub mod kind {
     pub const DELETE: u8 = 3;
     pub const KV_PUT: u8 = 4;
     pub const KV_DELETE: u8 = 5;
+    /// Data moved out of a segment by compaction (not an [`Op`]).
+    pub const RELOCATE: u8 = 6;
+    /// Every live record of a segment has been relocated.
+    pub const COMPACTED: u8 = 7;
+}
+
+/// A relocate record: a run of one stream's data, copied by compaction
+/// from an older segment. `old_last` is the position of the run's last
+/// original record, which the stream's next record points back at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relocate {
+    pub id: u64,
+    pub start: u64,
+    pub json: bool,
+    pub old_last: u64,
+    pub entries: Vec<Bytes>,
+}
+
+/// Encodes a relocate record payload.
+pub fn encode_relocate(r: &Relocate) -> Bytes {
+    let data: usize = r.entries.iter().map(|e| e.len() + 4).sum();
+    let mut b = BytesMut::with_capacity(40 + data);
+    b.put_u8(kind::RELOCATE);
+    b.put_u64_le(r.id);
+    b.put_u64_le(r.start);
+    b.put_u8(u8::from(r.json));
+    b.put_u64_le(r.old_last);
+    b.put_u32_le(u32::try_from(r.entries.len()).unwrap_or(u32::MAX));
+    for e in &r.entries {
+        put_bytes32(&mut b, e);
+    }
+    b.freeze()
+}
+
+/// Decodes a relocate record payload.
+pub fn decode_relocate(payload: &Bytes) -> Result<Relocate, DecodeError> {
+    let mut r = Reader {
+        buf: payload.clone(),
+    };
+    if r.u8()? != kind::RELOCATE {
+        return Err(DecodeError("not a relocate record"));
+    }
+    let id = r.u64()?;
+    let start = r.u64()?;
+    let json = r.u8()? != 0;
+    let old_last = r.u64()?;
+    r.need(4)?;
+    let n = r.buf.get_u32_le() as usize;
+    if n > r.buf.remaining() / 4 + 1 {
+        return Err(DecodeError("entry count exceeds record"));
+    }
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        entries.push(r.bytes32()?);
+    }
+    if r.buf.has_remaining() {
+        return Err(DecodeError("trailing bytes"));
+    }
+    Ok(Relocate {
+        id,
+        start,
+        json,
+        old_last,
+        entries,
+    })
+}
+
+/// Encodes a compacted-segment marker payload.
+pub fn encode_compacted(segment: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(9);
+    b.put_u8(kind::COMPACTED);
+    b.put_u64_le(segment);
+    b.freeze()
+}
+
+/// Decodes a compacted-segment marker payload.
+pub fn decode_compacted(payload: &Bytes) -> Result<u64, DecodeError> {
+    let mut r = Reader {
+        buf: payload.clone(),
+    };
+    if r.u8()? != kind::COMPACTED {
+        return Err(DecodeError("not a compacted marker"));
+    }
+    let seg = r.u64()?;
+    if r.buf.has_remaining() {
+        return Err(DecodeError("trailing bytes"));
+    }
+    Ok(seg)
+}
+
+/// What a record payload (of any kind) means. Short-lived (one per record
+/// read), so the size difference between variants does not matter.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Record {
+    Op(Op),
+    Relocate(Relocate),
+    Compacted(u64),
+}
+
+/// Decodes any record payload.
+pub fn decode_record(payload: &Bytes) -> Result<Record, DecodeError> {
+    match payload.first() {
+        Some(&kind::RELOCATE) => decode_relocate(payload).map(Record::Relocate),
+        Some(&kind::COMPACTED) => decode_compacted(payload).map(Record::Compacted),
+        _ => decode(payload).map(Record::Op),
+    }
+}
+
+/// The data a record adds to its stream: (stream id, start, json, entries).
+/// `None` for records without data.
+pub fn record_data(rec: &Record) -> Option<(u64, u64, bool, &[Bytes])> {
+    match rec {
+        Record::Op(Op::Create { meta, commit }) if !commit.entries.is_empty() => Some((
+            meta.id,
+            meta.own_start(),
+            meta.content_type.is_json(),
+            &commit.entries,
+        )),
+        Record::Op(Op::Append {
+            id,
+            start,
+            json,
+            commit,
+        }) if !commit.entries.is_empty() => Some((*id, *start, *json, &commit.entries)),
+        Record::Relocate(r) if !r.entries.is_empty() => Some((r.id, r.start, r.json, &r.entries)),
+        _ => None,
+    }
 }
 
 /// A payload that does not decode.
@@ -337,8 +468,17 @@ mod tests {
         }
 
         #[test]
+        fn relocate_roundtrip(id in any::<u64>(), start in any::<u64>(), json in any::<bool>(), old_last in any::<u64>(), entries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..5), seg in any::<u64>()) {
+            let r = Relocate { id, start, json, old_last, entries: entries.into_iter().map(Bytes::from).collect() };
+            prop_assert_eq!(decode_relocate(&encode_relocate(&r)).unwrap(), r.clone());
+            prop_assert!(matches!(decode_record(&encode_relocate(&r)).unwrap(), Record::Relocate(x) if x == r));
+            prop_assert_eq!(decode_compacted(&encode_compacted(seg)).unwrap(), seg);
+        }
+
+        #[test]
         fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = decode(&Bytes::from(b));
+            let _ = decode(&Bytes::from(b.clone()));
+            let _ = decode_record(&Bytes::from(b));
         }
 
         #[test]

@@ -34,8 +34,11 @@ use super::fs::{Fs, LogFile};
 pub const FORMAT_FILE: &str = "FORMAT";
 /// Written when a write or sync fails: the last durable position.
 pub const WRITE_FAILED_FILE: &str = "WRITE_FAILED";
-/// Current on-disk format.
+/// On-disk format of a log that compaction never touched.
 pub const FORMAT: &str = "weir-log 1\n";
+/// On-disk format once compaction has written relocate records and may have
+/// removed segments: a build that only knows version 1 must refuse it.
+pub const FORMAT_V2: &str = "weir-log 2\n";
 
 /// Engine failures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,8 +53,10 @@ pub enum LogError {
     TooLarge(usize),
     #[error("corrupt record at {lsn}: {reason}")]
     Corrupt { lsn: u64, reason: String },
-    #[error("unsupported on-disk format {0:?}; this build reads {FORMAT:?}")]
+    #[error("unsupported on-disk format {0:?}; this build reads {FORMAT:?} and {FORMAT_V2:?}")]
     UnsupportedFormat(String),
+    #[error("log segments are missing: {0}")]
+    MissingSegments(String),
     #[error("the log is closed")]
     Closed,
 }
@@ -139,6 +144,7 @@ pub struct Engine {
     poison: Mutex<Option<String>>,
     poisoned: AtomicBool,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reclaimed: AtomicU64,
 }
 
 /// The result of scanning a log.
@@ -159,7 +165,8 @@ fn read_format(fs: &dyn Fs, create: Option<u64>) -> Result<u64, LogError> {
         Ok(v) => {
             let text = String::from_utf8_lossy(&v).into_owned();
             let mut lines = text.lines();
-            if lines.next() != Some(FORMAT.trim_end()) {
+            let version = lines.next();
+            if version != Some(FORMAT.trim_end()) && version != Some(FORMAT_V2.trim_end()) {
                 return Err(LogError::UnsupportedFormat(text));
             }
             lines
@@ -182,6 +189,11 @@ fn read_format(fs: &dyn Fs, create: Option<u64>) -> Result<u64, LogError> {
     }
 }
 
+/// The segment size a log was created with (from its FORMAT file).
+pub fn segment_size_of(fs: &dyn Fs) -> Result<u64, LogError> {
+    read_format(fs, None)
+}
+
 /// Scans every segment, verifying both CRCs of each record and passing the
 /// ones at or after `from` to `replay`. Read-only.
 fn scan(
@@ -191,12 +203,30 @@ fn scan(
     limit: Option<u64>,
     mut replay: impl FnMut(Recovered),
 ) -> Result<Scan, LogError> {
-    let mut segments: Vec<u64> = fs.list()?.iter().filter_map(|n| parse_seg(n)).collect();
-    segments.sort_unstable();
+    let segments = list_segments(fs)?;
+    let (from_seg, from_off) = (from / size, from % size);
+    // Compaction removes only segments wholly below the older checkpoint;
+    // everything from the replay start on must be present and contiguous.
+    let needed: Vec<u64> = segments
+        .iter()
+        .copied()
+        .filter(|s| *s >= from_seg)
+        .collect();
+    if let Some(&first) = needed.first()
+        && (first != from_seg || needed.windows(2).any(|w| w[1] != w[0] + 1))
+    {
+        return Err(LogError::MissingSegments(if from == 0 && first > 0 {
+            format!(
+                "segments 0..{first} were removed by compaction and no readable checkpoint \
+                 covers them (restore the checkpoint files from a backup)"
+            )
+        } else {
+            format!("replay starts in segment {from_seg} but the log holds segments {needed:?}")
+        }));
+    }
     let mut report = RecoveryReport::default();
     let mut files = HashMap::new();
     let mut end = None;
-    let (from_seg, from_off) = (from / size, from % size);
     for &seg in &segments {
         let f = fs.open(&seg_name(seg), None)?;
         files.insert(seg, f.clone());
@@ -265,15 +295,21 @@ fn scan(
     })
 }
 
-/// Checks a log without changing it: every record's CRCs, in order, passed
-/// to `each`. Safe while a server is writing (it sees a prefix).
-pub fn verify(fs: &dyn Fs, each: impl FnMut(Recovered)) -> Result<RecoveryReport, LogError> {
+/// Checks a log without changing it: every record's CRCs from `from` on,
+/// in order, passed to `each`. `from` must be where the log starts (0, or
+/// the start of its first segment after compaction removed older ones).
+/// Safe while a server is writing (it sees a prefix).
+pub fn verify(
+    fs: &dyn Fs,
+    from: u64,
+    each: impl FnMut(Recovered),
+) -> Result<RecoveryReport, LogError> {
     let size = read_format(fs, None)?;
     let limit = fs
         .read(WRITE_FAILED_FILE)
         .ok()
         .and_then(|v| String::from_utf8_lossy(&v).trim().parse::<u64>().ok());
-    let s = scan(fs, size, 0, limit, each)?;
+    let s = scan(fs, size, from, limit, each)?;
     let mut report = s.report;
     if let Some((seg, _)) = s.end {
         report.dropped_segments = s.segments.iter().filter(|x| **x > seg).count() as u64;
@@ -282,21 +318,51 @@ pub fn verify(fs: &dyn Fs, each: impl FnMut(Recovered)) -> Result<RecoveryReport
 }
 
 /// Copies a log (possibly being written) into an empty directory: FORMAT,
-/// then every segment in order. The copy is a consistent prefix of the
-/// log — a record still being written when it was copied is cut off by the
-/// copy's recovery, like a torn tail.
+/// the checkpoints, then every segment in order. The copy is a consistent
+/// prefix of the log — a record still being written when it was copied is
+/// cut off by the copy's recovery, like a torn tail. Checkpoints are copied
+/// first, so the segments copied after them reach past their positions;
+/// segments compaction removes meanwhile lie below the newest copied
+/// checkpoint and are not needed.
 pub fn backup(src: &dyn Fs, dest: &dyn Fs) -> Result<u64, LogError> {
     if !dest.list()?.is_empty() {
         return Err(LogError::Io("the backup directory is not empty".into()));
     }
     let format = src.read(FORMAT_FILE)?;
     let size = read_format(src, None)?;
-    let mut segments: Vec<u64> = src.list()?.iter().filter_map(|n| parse_seg(n)).collect();
-    segments.sort_unstable();
     let mut copied = 0u64;
+    let mut newest_ckpt = None;
+    let mut ckpts: Vec<u64> = src
+        .list()?
+        .iter()
+        .filter_map(|n| super::checkpoint::parse_name(n))
+        .collect();
+    ckpts.sort_unstable();
+    for lsn in ckpts {
+        let name = super::checkpoint::name(lsn);
+        match src.read(&name) {
+            Ok(body) => {
+                dest.write_atomic(&name, &body)?;
+                copied += body.len() as u64;
+                newest_ckpt = Some(lsn);
+            }
+            // Rotated away while we copied: a newer one exists.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let mut buf = vec![0u8; 1 << 20];
-    for seg in segments {
-        let from = src.open(&seg_name(seg), None)?;
+    for seg in list_segments(src)? {
+        let from = match src.open(&seg_name(seg), None) {
+            Ok(f) => f,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && newest_ckpt.is_some_and(|c| (seg + 1) * size <= c) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let to = dest.open(&seg_name(seg), Some(size))?;
         let len = from.size()?.min(size);
         let mut off = 0;
@@ -316,6 +382,13 @@ pub fn backup(src: &dyn Fs, dest: &dyn Fs) -> Result<u64, LogError> {
 
 fn seg_name(seg: u64) -> String {
     format!("wal-{seg:020}.log")
+}
+
+/// The segment numbers present in `fs`, in order.
+pub fn list_segments(fs: &dyn Fs) -> Result<Vec<u64>, LogError> {
+    let mut segments: Vec<u64> = fs.list()?.iter().filter_map(|n| parse_seg(n)).collect();
+    segments.sort_unstable();
+    Ok(segments)
 }
 
 fn parse_seg(name: &str) -> Option<u64> {
@@ -405,6 +478,7 @@ impl Engine {
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
             committer: Mutex::new(None),
+            reclaimed: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&engine);
         let handle = std::thread::Builder::new()
@@ -552,6 +626,81 @@ impl Engine {
     /// Segment size in bytes.
     pub fn segment_size(&self) -> u64 {
         self.opts.segment_size
+    }
+
+    /// The segment numbers on disk, in order.
+    pub fn segments(&self) -> Result<Vec<u64>, LogError> {
+        list_segments(&*self.fs)
+    }
+
+    /// The segment new records go to; every segment below it is sealed.
+    pub fn current_segment(&self) -> u64 {
+        self.reserve.lock().seg
+    }
+
+    /// Marks the log as compacted (FORMAT version 2) before the first
+    /// relocate record is written, so an older build refuses the directory
+    /// instead of misreading it.
+    pub fn upgrade_format(&self) -> Result<(), LogError> {
+        let text = String::from_utf8_lossy(&self.fs.read(FORMAT_FILE)?).into_owned();
+        if text.starts_with(FORMAT_V2) {
+            return Ok(());
+        }
+        self.fs.write_atomic(
+            FORMAT_FILE,
+            format!("{FORMAT_V2}segment_size {}\n", self.opts.segment_size).as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Reads every record of a sealed segment, in order, verifying both
+    /// CRCs, until its end record.
+    pub fn scan_segment(
+        &self,
+        seg: u64,
+        mut each: impl FnMut(u64, frame::Header, Bytes),
+    ) -> Result<(), LogError> {
+        if seg >= self.current_segment() {
+            return Err(LogError::Io(format!("segment {seg} is not sealed")));
+        }
+        let size = self.opts.segment_size;
+        let f = self.file(seg)?;
+        let len = f.size()?.min(size);
+        let mut off = 0;
+        while off + HEADER as u64 <= len {
+            let lsn = seg * size + off;
+            let mut raw = [0u8; HEADER];
+            f.read_exact_at(&mut raw, off)?;
+            if frame::decode_header(&raw) == Slot::Zero {
+                break;
+            }
+            let (h, payload) = self.read(lsn)?;
+            if h.kind == KIND_SEGMENT_END {
+                break;
+            }
+            off += frame::frame_len(h.len as usize) as u64;
+            each(lsn, h, payload);
+        }
+        Ok(())
+    }
+
+    /// Removes a sealed segment file. Readers holding it keep reading the
+    /// open file; new lookups of its records fail.
+    pub fn remove_segment(&self, seg: u64) -> Result<u64, LogError> {
+        if seg >= self.current_segment() {
+            return Err(LogError::Io(format!("segment {seg} is not sealed")));
+        }
+        let size = self.file(seg)?.size()?;
+        self.files.write().remove(&seg);
+        self.fs.remove(&seg_name(seg))?;
+        self.fs.sync_dir()?;
+        self.reclaimed.fetch_add(size, Ordering::Relaxed);
+        Ok(size)
+    }
+
+    /// Bytes given back by [`Engine::remove_segment`] since the log opened.
+    pub fn reclaimed_bytes(&self) -> u64 {
+        self.reclaimed.load(Ordering::Relaxed)
     }
 
     /// Stops accepting records and waits for queued ones to be written.

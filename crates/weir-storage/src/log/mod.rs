@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod codec;
+pub mod compact;
 pub mod engine;
 pub mod frame;
 pub mod fs;

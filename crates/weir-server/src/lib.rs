@@ -104,6 +104,16 @@ impl AppState {
             .is_some_and(|l| !matches!(l.authenticator.mode(), weir_layer::auth::AuthMode::None))
     }
 
+    /// Whether the tenant comes from the URL (`/t/{tenant}/…`,
+    /// `authz.tenant_source = "path"`) rather than from the token.
+    pub fn path_tenancy(&self) -> bool {
+        self.tenancy()
+            && self
+                .layer
+                .as_ref()
+                .is_some_and(|l| l.tenants.source == weir_layer::authz::TenantSource::Path)
+    }
+
     /// Starts a graceful shutdown: parked long-polls answer at once (`204`,
     /// clients simply poll again elsewhere) and SSE streams end after their
     /// last complete event, so clients resume from the last offset they saw.
@@ -151,6 +161,15 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{root}/{{*path}}"), any(streams::dispatch))
         .route("/_weir/streams", get(manage::list))
         .route("/_weir/batch", axum::routing::post(manage::batch))
+        .route(
+            &format!("/t/{{tenant}}{root}/{{*path}}"),
+            any(streams::dispatch_in_tenant),
+        )
+        .route("/t/{tenant}/_weir/streams", get(manage::list_in_tenant))
+        .route(
+            "/t/{tenant}/_weir/batch",
+            axum::routing::post(manage::batch_in_tenant),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(streams::ready))
         .fallback(streams::fallback)

@@ -43,6 +43,30 @@ struct Listing {
 }
 
 /// `GET /_weir/streams?prefix=&cursor=&limit=` (only the caller's tenant)
+/// [`list`] under `/t/{tenant}/_weir/streams` (path tenant mode).
+pub async fn list_in_tenant(
+    State(st): State<AppState>,
+    axum::extract::Path(tenant): axum::extract::Path<String>,
+    mut req: Request,
+) -> Response {
+    if let Err(r) = crate::streams::in_tenant(&st, &tenant, &mut req) {
+        return *r;
+    }
+    list(State(st), req).await
+}
+
+/// [`batch`] under `/t/{tenant}/_weir/batch` (path tenant mode).
+pub async fn batch_in_tenant(
+    State(st): State<AppState>,
+    axum::extract::Path(tenant): axum::extract::Path<String>,
+    mut req: Request,
+) -> Response {
+    if let Err(r) = crate::streams::in_tenant(&st, &tenant, &mut req) {
+        return *r;
+    }
+    batch(State(st), req).await
+}
+
 pub async fn list(State(st): State<AppState>, req: Request) -> Response {
     let tenant = match crate::streams::tenant_of(&st, &req, weir_layer::Permission::Read) {
         Ok(t) => t,

@@ -40,8 +40,71 @@ pub(crate) fn tenant_of(
             .into_response(),
         ));
     };
+    if st.path_tenancy() {
+        // Path mode: the URL names the tenant; it must be the caller's.
+        // Any other tenant answers exactly what a missing resource does.
+        match req.extensions().get::<PathTenant>() {
+            None => {
+                return Err(Box::new(
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "route_not_found",
+                        "this server takes the tenant from the URL: /t/{tenant}/…",
+                    )
+                    .into_response(),
+                ));
+            }
+            Some(PathTenant(t)) if *t != p.tenant => {
+                return Err(Box::new(ApiError::not_found().into_response()));
+            }
+            Some(_) => {}
+        }
+    }
     weir_layer::require(p, needed).map_err(|e| Box::new(e.into_response()))?;
     Ok(Some(p.tenant.clone()))
+}
+
+/// The tenant named by a `/t/{tenant}/…` URL (`authz.tenant_source =
+/// "path"`), put into the request's extensions by [`in_tenant`].
+#[derive(Clone, Debug)]
+pub(crate) struct PathTenant(pub String);
+
+/// The URL prefix of the caller's resources: `/t/{tenant}` in path mode,
+/// empty otherwise.
+pub(crate) fn url_prefix(req_ext: &http::Extensions) -> String {
+    req_ext
+        .get::<PathTenant>()
+        .map(|PathTenant(t)| format!("/t/{t}"))
+        .unwrap_or_default()
+}
+
+/// Checks the `{tenant}` of a `/t/{tenant}/…` URL and records it for
+/// [`tenant_of`]. A malformed id answers `400 tenant_invalid`.
+pub(crate) fn in_tenant(
+    st: &AppState,
+    tenant: &str,
+    req: &mut Request,
+) -> Result<(), Box<Response>> {
+    if !st.path_tenancy() {
+        return Err(Box::new(fallback_response()));
+    }
+    weir_layer::authz::validate_tenant(tenant).map_err(|e| {
+        Box::new(ApiError::bad_request("tenant_invalid", e.to_string()).into_response())
+    })?;
+    req.extensions_mut().insert(PathTenant(tenant.to_owned()));
+    Ok(())
+}
+
+/// [`dispatch`] for `/t/{tenant}{root}/{*path}` (path tenant mode).
+pub async fn dispatch_in_tenant(
+    State(st): State<AppState>,
+    Path((tenant, path)): Path<(String, String)>,
+    mut req: Request,
+) -> Response {
+    if let Err(r) = in_tenant(&st, &tenant, &mut req) {
+        return *r;
+    }
+    dispatch(State(st), Path(path), req).await
 }
 
 /// A stream name in storage: scoped under the tenant when there is one.
@@ -99,6 +162,10 @@ pub async fn dispatch(
 
 /// Anything outside the stream root.
 pub async fn fallback() -> Response {
+    fallback_response()
+}
+
+fn fallback_response() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route").into_response()
 }
 
@@ -286,9 +353,23 @@ fn ct_header(h: &mut HeaderMap, ct: &ContentType) {
 
 /// Turns a `Stream-Forked-From` value (a URL path on this server) into the
 /// source stream's name (in the caller's tenant).
-fn source_name(st: &AppState, value: &str, tenant: Option<&str>) -> Result<StreamName, ApiError> {
+fn source_name(
+    st: &AppState,
+    value: &str,
+    tenant: Option<&str>,
+    prefix: &str,
+) -> Result<StreamName, ApiError> {
     let root = st.config.stream_root.trim_end_matches('/');
     let path = value.split(['?', '#']).next().unwrap_or("");
+    // Path tenant mode: a source in another tenant's URL space is as
+    // unknown as a missing one.
+    let path = path.strip_prefix(prefix).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "fork_source_not_found",
+            "no stream exists at the fork source URL",
+        )
+    })?;
     let rel = path
         .strip_prefix(root)
         .and_then(|r| r.strip_prefix('/'))
@@ -310,6 +391,7 @@ async fn create(
     req: Request,
 ) -> Result<Response, ApiError> {
     let peer = peer_ip(&req);
+    let prefix = url_prefix(req.extensions());
     let (h, body) = body_bytes(st.config.max_body_bytes, req).await?;
     let ct = content_type(&h)?;
     let expiry = Expiry::from_headers(
@@ -331,7 +413,7 @@ async fn create(
         }
         None => None,
         Some(src) => {
-            let source = source_name(st, src, tenant)?;
+            let source = source_name(st, src, tenant, &prefix)?;
             let offset = fork_offset
                 .map(|o| {
                     Offset::parse(o)
@@ -410,7 +492,7 @@ async fn create(
         set(
             rh,
             header::LOCATION,
-            format!("{}{root}/{}", base_url(st, &h, peer), url_path(own)),
+            format!("{}{prefix}{root}/{}", base_url(st, &h, peer), url_path(own)),
         );
     }
     Ok(resp)

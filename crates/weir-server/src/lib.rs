@@ -16,6 +16,7 @@ pub mod headers;
 pub mod limits;
 mod live;
 mod manage;
+mod metrics;
 mod pieces;
 mod query;
 mod security;
@@ -82,6 +83,7 @@ impl AppState {
     /// metrics, authentication and rate limits (see `weir-layer`).
     pub fn with_layer(self, layer: weir_layer::Production) -> AppState {
         let i = &self.inner;
+        metrics::spawn_streams_gauge(&i.storage);
         AppState {
             inner: Arc::new(StateInner {
                 storage: i.storage.clone(),

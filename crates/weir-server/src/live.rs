@@ -26,6 +26,7 @@ use weir_storage::{ReadChunk, TailWatch};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::headers;
+use crate::metrics::{LiveMode, LiveReader};
 use crate::query::ReadQuery;
 use crate::streams::{cache_control, data_response, etag};
 
@@ -70,6 +71,7 @@ pub async fn long_poll(
     q: ReadQuery,
 ) -> Result<Response, ApiError> {
     let _slot = st.shedder.live()?;
+    let _reader = LiveReader::enter(LiveMode::LongPoll);
     let mut watch = st.storage.watch(&name).await?;
     let mut timer = Box::pin(tokio::time::sleep(st.config.long_poll_timeout));
     let mut from = q.offset.unwrap_or(ReadFrom::Start);
@@ -153,6 +155,8 @@ struct SseState {
     done: bool,
     /// Held while the SSE body is open (released when the client goes).
     _slot: crate::limits::LiveSlot,
+    /// Counts this reader in `weir_live_readers{mode="sse"}` meanwhile.
+    _reader: LiveReader,
 }
 
 pub async fn sse(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Response, ApiError> {
@@ -186,6 +190,7 @@ pub async fn sse(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Respon
         sent_control: false,
         done: false,
         _slot: slot,
+        _reader: LiveReader::enter(LiveMode::Sse),
     };
     let stream = futures::stream::unfold(state, |mut s| async move {
         let frame = next_frame(&mut s).await?;

@@ -317,6 +317,7 @@ pub async fn batch(State(st): State<AppState>, req: Request) -> Response {
     }
     let outcomes = st.storage.append_batch(requests).await;
     for ((i, had_producer), outcome) in slots.into_iter().zip(outcomes) {
+        crate::metrics::append(&outcome);
         let stream = parsed.appends[i].stream.clone();
         results[i] = Some(match outcome {
             Err(e) => BatchResult::error(stream, ApiError::from(e)),

@@ -544,7 +544,9 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
                 producer,
             },
         )
-        .await?;
+        .await;
+    crate::metrics::append(&out);
+    let out = out?;
     let tail = out.tail.to_string();
     let ack = out.result.map_err(|r| rejection(r, &tail, out.closed))?;
     let (status, producer) = match ack {

@@ -60,6 +60,9 @@ pub fn run(o: Overrides) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Before storage opens: metric handles bind to the recorder present
+    // when first used (the log's committer registers its sync histograms).
+    weir_layer::metrics::install().context("installing the metrics recorder")?;
     let mut log_store: Option<Arc<weir_storage::log::backend::LogStorage>> = None;
     let storage: Arc<dyn Storage> = match cfg.storage.backend {
         StorageKind::Memory => Arc::new(MemoryStorage::new(MemoryOptions {
@@ -111,7 +114,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let layer = weir_layer::Production::build(&layer_cfg, key_store, weir_layer::clock::system())
         .context("building the production layer")?;
-    weir_layer::metrics::install().context("installing the metrics recorder")?;
     let mut server_cfg = server_config(&cfg);
     if !matches!(layer_cfg.auth.mode, weir_layer::auth::AuthMode::None) {
         // Responses depend on the caller's credentials.

@@ -815,9 +815,30 @@ fn write_batch(engine: &Engine, jobs: &[Job]) -> Result<u64, LogError> {
         i = j;
     }
     if engine.opts.sync == SyncMode::Data {
+        let started = std::time::Instant::now();
         for f in &touched {
             f.sync_data()?;
         }
+        let m = sync_metrics();
+        m.duration.record(started.elapsed().as_secs_f64());
+        m.batch.record(jobs.len() as f64);
     }
     Ok(end)
+}
+
+/// `weir_storage_sync_duration_seconds` and `weir_storage_sync_batch_size`
+/// (docs/metrics.md), registered once: recording is an atomic add per
+/// sync. No-ops unless a `metrics` recorder was installed before the first
+/// sync.
+struct SyncMetrics {
+    duration: metrics::Histogram,
+    batch: metrics::Histogram,
+}
+
+fn sync_metrics() -> &'static SyncMetrics {
+    static M: std::sync::OnceLock<SyncMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| SyncMetrics {
+        duration: metrics::histogram!("weir_storage_sync_duration_seconds"),
+        batch: metrics::histogram!("weir_storage_sync_batch_size"),
+    })
 }

@@ -1,0 +1,249 @@
+//! The call context: deadline, trace context, correlation id, credentials.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use tokio::time::Instant;
+use weir_layer::Principal;
+
+use crate::headers as h;
+
+/// What travels with a call from hop to hop. Cheap to clone.
+///
+/// A handler receives the context of its request; passing it to the calls
+/// it makes carries the remaining deadline, the trace, the correlation id
+/// and the end user's token onward.
+#[derive(Clone, Debug, Default)]
+pub struct Ctx {
+    deadline: Option<Instant>,
+    trace: Option<TraceContext>,
+    correlation_id: Option<Arc<str>>,
+    token: Option<Arc<str>>,
+    tenant: Option<Arc<str>>,
+    principal: Option<Arc<Principal>>,
+}
+
+impl Ctx {
+    /// A root context without deadline (the client's default timeout applies).
+    pub fn new() -> Ctx {
+        Ctx::default()
+    }
+
+    /// A root context whose deadline is `timeout` from now.
+    pub fn with_timeout(timeout: Duration) -> Ctx {
+        Ctx::new().timeout(timeout)
+    }
+
+    /// Sets the deadline to `timeout` from now, or keeps the current one if
+    /// it is sooner (a callee never gets more time than its caller has).
+    pub fn timeout(mut self, timeout: Duration) -> Ctx {
+        let d = Instant::now() + timeout;
+        self.deadline = Some(self.deadline.map_or(d, |old| old.min(d)));
+        self
+    }
+
+    /// Forwards this bearer token (a JWT) on every call.
+    pub fn token(mut self, token: impl Into<Arc<str>>) -> Ctx {
+        self.token = Some(token.into());
+        self
+    }
+
+    pub fn correlation(mut self, id: impl Into<Arc<str>>) -> Ctx {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    pub fn tenant(mut self, tenant: impl Into<Arc<str>>) -> Ctx {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// The verified caller (set by the auth middleware).
+    pub fn with_principal(mut self, p: Principal) -> Ctx {
+        self.tenant = Some(p.tenant.as_str().into());
+        self.principal = Some(Arc::new(p));
+        self
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline (`None`: no deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.deadline.is_some_and(|d| d <= Instant::now())
+    }
+
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
+    }
+
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
+    }
+
+    pub fn bearer_token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_deref()
+    }
+
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// The context of an incoming message: deadline from
+    /// `Weir-Deadline-Ms`, trace from `traceparent`, correlation id, token.
+    pub fn from_headers(headers: Option<&HeaderMap>) -> Ctx {
+        let Some(hm) = headers else {
+            return Ctx::new();
+        };
+        let get = |name: &str| hm.get(name).map(|v| v.as_str());
+        let deadline = get(h::DEADLINE_MS)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let token = get(h::AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| Arc::<str>::from(t.trim()));
+        Ctx {
+            deadline,
+            trace: get(h::TRACEPARENT).and_then(TraceContext::parse),
+            correlation_id: get(h::CORRELATION_ID).map(Arc::from),
+            token,
+            tenant: get(h::TENANT).map(Arc::from),
+            principal: None,
+        }
+    }
+
+    /// Writes the outgoing headers of a call made under this context: the
+    /// remaining deadline, a child span of the trace (a new trace if none),
+    /// the correlation id (the trace id if none), token and tenant.
+    pub fn write_headers(&self, hm: &mut HeaderMap, default_timeout: Duration) -> Duration {
+        let remaining = self.remaining().unwrap_or(default_timeout);
+        hm.insert(h::DEADLINE_MS, remaining.as_millis().max(1).to_string());
+        let trace = match &self.trace {
+            Some(t) => t.child(),
+            None => TraceContext::root(),
+        };
+        hm.insert(h::TRACEPARENT, trace.to_header());
+        match &self.correlation_id {
+            Some(c) => hm.insert(h::CORRELATION_ID, &**c),
+            None => hm.insert(h::CORRELATION_ID, trace.trace_id_hex()),
+        }
+        if let Some(t) = &self.token {
+            hm.insert(h::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some(t) = &self.tenant {
+            hm.insert(h::TENANT, &**t);
+        }
+        if let Some(p) = &self.principal {
+            hm.insert(h::PRINCIPAL, p.subject.as_str());
+        }
+        remaining
+    }
+}
+
+/// W3C trace context (`traceparent` version 00).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    pub parent_id: u64,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// A new trace.
+    pub fn root() -> TraceContext {
+        let mut rng = rand::thread_rng();
+        TraceContext {
+            trace_id: rand::Rng::r#gen::<u128>(&mut rng).max(1),
+            parent_id: rand::Rng::r#gen::<u64>(&mut rng).max(1),
+            sampled: true,
+        }
+    }
+
+    /// A child span: same trace, new span id.
+    pub fn child(&self) -> TraceContext {
+        TraceContext {
+            parent_id: rand::random::<u64>().max(1),
+            ..*self
+        }
+    }
+
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
+    pub fn parse(s: &str) -> Option<TraceContext> {
+        let mut it = s.trim().split('-');
+        let (v, t, p, f) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        if v.len() != 2 || v == "ff" || t.len() != 32 || p.len() != 16 || f.len() != 2 {
+            return None;
+        }
+        if v == "00" && it.next().is_some() {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(t, 16).ok()?;
+        let parent_id = u64::from_str_radix(p, 16).ok()?;
+        let flags = u8::from_str_radix(f, 16).ok()?;
+        if trace_id == 0 || parent_id == 0 || t.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id,
+            parent_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    pub fn to_header(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            self.parent_id,
+            u8::from(self.sampled)
+        )
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_and_rejects_garbage() {
+        let t = TraceContext::root();
+        assert_eq!(TraceContext::parse(&t.to_header()), Some(t));
+        let c = t.child();
+        assert_eq!(c.trace_id, t.trace_id);
+        assert!(
+            TraceContext::parse("00-00000000000000000000000000000000-0000000000000001-01")
+                .is_none()
+        );
+        assert!(TraceContext::parse("00-abc-01").is_none());
+        let ok =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert!(ok.sampled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_round_trips_through_headers() {
+        let ctx = Ctx::with_timeout(Duration::from_millis(250)).token("abc");
+        let mut hm = HeaderMap::new();
+        ctx.write_headers(&mut hm, Duration::from_secs(5));
+        assert_eq!(hm.get(h::DEADLINE_MS).unwrap().as_str(), "250");
+        let back = Ctx::from_headers(Some(&hm));
+        assert_eq!(back.remaining(), Some(Duration::from_millis(250)));
+        assert_eq!(back.bearer_token(), Some("abc"));
+        assert!(back.correlation_id().is_some());
+    }
+}

@@ -1,0 +1,24 @@
+//! Header names Weir puts on NATS messages (documented in `docs/services.md`).
+
+/// The caller's remaining time budget in milliseconds when the message was
+/// sent. Each hop turns it into a local deadline (`now + budget`), so clock
+/// skew between hosts never matters.
+pub const DEADLINE_MS: &str = "Weir-Deadline-Ms";
+/// W3C trace context (`00-{trace-id}-{parent-id}-{flags}`).
+pub const TRACEPARENT: &str = "traceparent";
+/// Correlation id: the same for every hop of one logical request.
+pub const CORRELATION_ID: &str = "Weir-Correlation-Id";
+/// `Bearer <jwt>`: the end user's token, forwarded hop to hop and verified by
+/// each service's auth middleware.
+pub const AUTHORIZATION: &str = "Authorization";
+/// The caller's tenant and principal subject (informational; the token is
+/// what authenticates).
+pub const TENANT: &str = "Weir-Tenant";
+pub const PRINCIPAL: &str = "Weir-Principal";
+/// Set to `1` on calls the caller marks idempotent.
+pub const IDEMPOTENT: &str = "Weir-Idempotent";
+/// The problem code (`ErrorCode` wire form) of an error reply.
+pub const ERROR_CODE: &str = "Weir-Error-Code";
+/// ADR-32 error headers: human description and numeric code.
+pub const NATS_SERVICE_ERROR: &str = "Nats-Service-Error";
+pub const NATS_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";

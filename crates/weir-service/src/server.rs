@@ -1,0 +1,797 @@
+//! The server side: endpoints on queue groups, event listeners, timers,
+//! `$SRV` discovery, deadline enforcement with real cancellation, graceful
+//! drain.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use weir_layer::problem::Problem;
+
+use crate::context::Ctx;
+use crate::contract::Contract;
+use crate::error::{SetupError, deadline_problem};
+use crate::headers as h;
+use crate::micro::{
+    self, EndpointInfo, EndpointStats, InfoResponse, PingResponse, StatsResponse, Verb,
+};
+use crate::middleware::{self, BoxHandler, EndpointMeta, Layer, Request};
+use crate::timer::{TimerDef, TimerMode};
+use crate::transport::{Message, Transport, TransportError};
+
+/// The default queue group (as in ADR-32).
+pub const DEFAULT_QUEUE_GROUP: &str = "q";
+
+/// How a listener shares events among the instances of its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every instance gets every event.
+    FanOut,
+    /// Each event goes to one instance (a queue group per listener).
+    Competing,
+}
+
+/// One received event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub subject: String,
+    pub headers: Option<HeaderMap>,
+    pub payload: Bytes,
+    pub ctx: Ctx,
+}
+
+impl Event {
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Problem> {
+        crate::contract::decode_json(&self.payload)
+    }
+}
+
+type EventHandler =
+    Arc<dyn Fn(Event) -> futures::future::BoxFuture<'static, Result<(), Problem>> + Send + Sync>;
+
+struct EndpointDef {
+    name: String,
+    subject: Option<String>,
+    queue_group: Option<Option<String>>,
+    metadata: BTreeMap<String, String>,
+    handler: BoxHandler,
+}
+
+struct ListenerDef {
+    name: String,
+    pattern: String,
+    delivery: Delivery,
+    handler: EventHandler,
+}
+
+/// Builds a service.
+pub struct ServiceBuilder {
+    name: String,
+    version: String,
+    description: String,
+    metadata: BTreeMap<String, String>,
+    queue_group: Option<String>,
+    endpoints: Vec<EndpointDef>,
+    listeners: Vec<ListenerDef>,
+    timers: Vec<TimerDef>,
+    layers: Vec<Arc<dyn Layer>>,
+    default_layers: bool,
+    max_handler_time: Duration,
+    drain_timeout: Duration,
+    contract: Option<Contract>,
+}
+
+impl std::fmt::Debug for ServiceBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBuilder")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A name is `[A-Za-z0-9_-]+` (ADR-32).
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl ServiceBuilder {
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> ServiceBuilder {
+        ServiceBuilder {
+            name: name.into(),
+            version: version.into(),
+            description: String::new(),
+            metadata: BTreeMap::new(),
+            queue_group: Some(DEFAULT_QUEUE_GROUP.to_owned()),
+            endpoints: Vec::new(),
+            listeners: Vec::new(),
+            timers: Vec::new(),
+            layers: Vec::new(),
+            default_layers: true,
+            max_handler_time: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            contract: None,
+        }
+    }
+
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    pub fn metadata(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.metadata.insert(k.into(), v.into());
+        self
+    }
+
+    /// The queue group of every endpoint (`None`: every instance gets every
+    /// request, which is rarely what you want).
+    pub fn queue_group(mut self, q: Option<&str>) -> Self {
+        self.queue_group = q.map(str::to_owned);
+        self
+    }
+
+    /// Adds a middleware layer (the first added is the outermost).
+    pub fn layer(mut self, l: impl Layer) -> Self {
+        self.layers.push(Arc::new(l));
+        self
+    }
+
+    /// Without the default trace and metrics layers.
+    pub fn without_default_layers(mut self) -> Self {
+        self.default_layers = false;
+        self
+    }
+
+    /// Longest a handler may run when the caller sent no deadline.
+    pub fn max_handler_time(mut self, d: Duration) -> Self {
+        self.max_handler_time = d;
+        self
+    }
+
+    /// Longest a drain waits for in-flight work.
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// An endpoint on subject `{service}.{name}`.
+    pub fn endpoint(self, name: impl Into<String>, handler: impl middleware::Handler) -> Self {
+        self.endpoint_with(name, None, BTreeMap::new(), Arc::new(handler))
+    }
+
+    /// An endpoint with an explicit subject (or `None` for `{service}.{name}`)
+    /// and metadata.
+    pub fn endpoint_with(
+        mut self,
+        name: impl Into<String>,
+        subject: Option<String>,
+        metadata: BTreeMap<String, String>,
+        handler: BoxHandler,
+    ) -> Self {
+        self.endpoints.push(EndpointDef {
+            name: name.into(),
+            subject,
+            queue_group: None,
+            metadata,
+            handler,
+        });
+        self
+    }
+
+    /// An event listener on `pattern` (wildcards allowed).
+    pub fn listener<F, Fut>(
+        mut self,
+        name: impl Into<String>,
+        pattern: impl Into<String>,
+        delivery: Delivery,
+        f: F,
+    ) -> Self
+    where
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Problem>> + Send + 'static,
+    {
+        self.listeners.push(ListenerDef {
+            name: name.into(),
+            pattern: pattern.into(),
+            delivery,
+            handler: Arc::new(move |e| Box::pin(f(e))),
+        });
+        self
+    }
+
+    /// A periodic handler.
+    pub fn timer<F, Fut>(
+        mut self,
+        name: impl Into<String>,
+        every: Duration,
+        mode: TimerMode,
+        f: F,
+    ) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.timers.push(TimerDef::new(name.into(), every, mode, f));
+        self
+    }
+
+    /// Publishes `contract` (schemas and hash) in the INFO metadata.
+    pub fn contract(mut self, c: Contract) -> Self {
+        self.metadata
+            .insert(crate::contract::META_VERSION.into(), c.version.clone());
+        self.metadata
+            .insert(crate::contract::META_HASH.into(), c.hash());
+        self.contract = Some(c);
+        self
+    }
+
+    /// Subscribes everything and starts serving.
+    pub async fn start(self, transport: Arc<dyn Transport>) -> Result<ServiceHandle, SetupError> {
+        if !valid_name(&self.name) {
+            return Err(SetupError::Config(format!(
+                "service name `{}` must match [A-Za-z0-9_-]+",
+                self.name
+            )));
+        }
+        let id = new_id();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            name: self.name.clone(),
+            id: id.clone(),
+            version: self.version.clone(),
+            description: self.description.clone(),
+            metadata: self.metadata.clone(),
+            started: time::OffsetDateTime::now_utc(),
+            endpoints: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            draining: AtomicBool::new(false),
+            transport: transport.clone(),
+        });
+        let mut tasks = Vec::new();
+        let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
+        if self.default_layers {
+            layers.push(Arc::new(middleware::TraceLayer));
+            layers.push(Arc::new(middleware::MetricsLayer));
+        }
+        layers.extend(self.layers.iter().cloned());
+        let contract_methods: BTreeMap<String, BTreeMap<String, String>> = self
+            .contract
+            .as_ref()
+            .map(|c| c.endpoint_metadata())
+            .unwrap_or_default();
+        for ep in self.endpoints {
+            let subject = ep
+                .subject
+                .clone()
+                .unwrap_or_else(|| format!("{}.{}", self.name, ep.name));
+            let queue = ep
+                .queue_group
+                .clone()
+                .unwrap_or_else(|| self.queue_group.clone());
+            let meta = EndpointMeta {
+                service: self.name.as_str().into(),
+                endpoint: ep.name.as_str().into(),
+                subject: subject.as_str().into(),
+            };
+            let handler = middleware::stack(&layers, &meta, ep.handler.clone());
+            let mut metadata = ep.metadata.clone();
+            if let Some(m) = contract_methods.get(&ep.name) {
+                metadata.extend(m.clone());
+            }
+            let stats = Arc::new(EpStats::new(EndpointInfo {
+                name: ep.name.clone(),
+                subject: subject.clone(),
+                queue_group: queue.clone(),
+                metadata,
+            }));
+            inner.endpoints.lock().push(stats.clone());
+            let direct = micro::Registry::direct_subject(&id, &ep.name);
+            for (subj, q) in [(subject.clone(), queue.clone()), (direct, None)] {
+                let sub = subscribe(&*transport, &subj, q.clone()).await?;
+                tasks.push(tokio::spawn(serve_endpoint(
+                    inner.clone(),
+                    stats.clone(),
+                    handler.clone(),
+                    subj,
+                    q,
+                    sub,
+                    stop_rx.clone(),
+                    self.max_handler_time,
+                )));
+            }
+        }
+        for l in self.listeners {
+            let q = match l.delivery {
+                Delivery::Competing => Some(format!("{}.{}", self.name, l.name)),
+                Delivery::FanOut => None,
+            };
+            let sub = subscribe(&*transport, &l.pattern, q.clone()).await?;
+            tasks.push(tokio::spawn(serve_listener(
+                inner.clone(),
+                l.handler,
+                l.pattern,
+                q,
+                sub,
+                stop_rx.clone(),
+            )));
+        }
+        for verb in Verb::ALL {
+            for subj in [
+                micro::subject(verb, None, None),
+                micro::subject(verb, Some(&self.name), None),
+                micro::subject(verb, Some(&self.name), Some(&id)),
+            ] {
+                let sub = subscribe(&*transport, &subj, None).await?;
+                tasks.push(tokio::spawn(serve_srv(
+                    inner.clone(),
+                    verb,
+                    sub,
+                    stop_rx.clone(),
+                )));
+            }
+        }
+        for t in self.timers {
+            tasks.push(tokio::spawn(crate::timer::run(
+                t,
+                self.name.clone(),
+                id.clone(),
+                transport.leases(),
+                stop_rx.clone(),
+            )));
+        }
+        transport
+            .flush()
+            .await
+            .map_err(|e| SetupError::Connect(e.to_string()))?;
+        Ok(ServiceHandle {
+            inner,
+            stop: stop_tx,
+            tasks: Mutex::new(tasks),
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+async fn subscribe(
+    t: &dyn Transport,
+    subject: &str,
+    q: Option<String>,
+) -> Result<crate::transport::Subscription, SetupError> {
+    t.subscribe(subject.to_owned(), q)
+        .await
+        .map_err(|e| SetupError::Subscribe {
+            subject: subject.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// A random 22-character instance id.
+pub fn new_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    (0..22)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+struct Inner {
+    name: String,
+    id: String,
+    version: String,
+    description: String,
+    metadata: BTreeMap<String, String>,
+    started: time::OffsetDateTime,
+    endpoints: Mutex<Vec<Arc<EpStats>>>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    draining: AtomicBool,
+    transport: Arc<dyn Transport>,
+}
+
+struct EpStats {
+    info: EndpointInfo,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    nanos: AtomicU64,
+    last_error: Mutex<String>,
+}
+
+impl EpStats {
+    fn new(info: EndpointInfo) -> EpStats {
+        EpStats {
+            info,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+        }
+    }
+
+    fn snapshot(&self) -> EndpointStats {
+        let n = self.requests.load(Ordering::Relaxed);
+        let t = self.nanos.load(Ordering::Relaxed);
+        EndpointStats {
+            name: self.info.name.clone(),
+            subject: self.info.subject.clone(),
+            queue_group: self.info.queue_group.clone(),
+            num_requests: n,
+            num_errors: self.errors.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().clone(),
+            processing_time: t,
+            average_processing_time: t.checked_div(n).unwrap_or(0),
+            data: None,
+        }
+    }
+}
+
+/// Counts a unit of in-flight work; the drain waits for zero.
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn new(inner: &Arc<Inner>) -> InFlight {
+        inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(inner.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Reads messages until stopped; on stop, unsubscribes and handles what was
+/// already buffered. Resubscribes with backoff if the subscription ends on
+/// its own (connection closed and reopened).
+async fn pump<F>(
+    inner: &Arc<Inner>,
+    subject: &str,
+    queue: Option<String>,
+    mut sub: crate::transport::Subscription,
+    mut stop: watch::Receiver<bool>,
+    mut on_message: F,
+) where
+    F: FnMut(Message),
+{
+    let mut attempt = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                sub.drain().await;
+                while let Some(m) = sub.next().await {
+                    on_message(m);
+                }
+                return;
+            }
+            m = sub.next() => match m {
+                Some(m) => { attempt = 0; on_message(m) },
+                None => {
+                    if *stop.borrow() { return; }
+                    tracing::warn!(subject, "subscription ended; resubscribing");
+                    tokio::time::sleep(crate::error::backoff(Duration::from_millis(50), Duration::from_secs(5), attempt)).await;
+                    attempt += 1;
+                    match inner.transport.subscribe(subject.to_owned(), queue.clone()).await {
+                        Ok(s) => sub = s,
+                        Err(e) => tracing::warn!(subject, error = %e, "resubscribe failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_endpoint(
+    inner: Arc<Inner>,
+    stats: Arc<EpStats>,
+    handler: BoxHandler,
+    subject: String,
+    queue: Option<String>,
+    sub: crate::transport::Subscription,
+    stop: watch::Receiver<bool>,
+    max_time: Duration,
+) {
+    let inner2 = inner.clone();
+    pump(&inner, &subject, queue, sub, stop, move |msg| {
+        let guard = InFlight::new(&inner2);
+        let (inner, stats, handler) = (inner2.clone(), stats.clone(), handler.clone());
+        tokio::spawn(async move {
+            handle_request(&inner, &stats, &handler, msg, max_time).await;
+            drop(guard);
+        });
+    })
+    .await;
+}
+
+async fn handle_request(
+    inner: &Inner,
+    stats: &EpStats,
+    handler: &BoxHandler,
+    msg: Message,
+    max_time: Duration,
+) {
+    let Some(reply_to) = msg.reply else {
+        tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
+        return;
+    };
+    let start = std::time::Instant::now();
+    let ctx = Ctx::from_headers(msg.headers.as_ref());
+    let deadline = ctx
+        .deadline()
+        .unwrap_or_else(|| tokio::time::Instant::now() + max_time);
+    let result = if ctx.is_expired() {
+        Err(deadline_problem())
+    } else {
+        let fut = handler.call(Request {
+            subject: msg.subject,
+            headers: msg.headers,
+            payload: msg.payload,
+            ctx,
+        });
+        // Dropping the future when the deadline passes is the cancellation:
+        // the handler stops at its next await point.
+        match tokio::time::timeout_at(deadline, AssertUnwindSafe(fut).catch_unwind()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_panic)) => {
+                tracing::error!(endpoint = %stats.info.subject, "handler panicked");
+                Err(Problem::internal())
+            }
+            Err(_) => Err(deadline_problem()),
+        }
+    };
+    let elapsed = start.elapsed();
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    stats.nanos.fetch_add(
+        elapsed.as_nanos().min(u128::from(u64::MAX)) as u64,
+        Ordering::Relaxed,
+    );
+    let (headers, payload) = match result {
+        Ok(reply) => (reply.headers, reply.payload),
+        Err(p) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            *stats.last_error.lock() = format!("{}:{}", p.status, p.detail);
+            error_message(&p)
+        }
+    };
+    let reply_to = reply_to.to_string();
+    match inner
+        .transport
+        .publish(reply_to.clone(), None, headers, payload)
+        .await
+    {
+        Ok(()) => {}
+        Err(TransportError::PayloadTooLarge { size, max }) => {
+            let p = Problem::new(
+                weir_layer::ErrorCode::PayloadTooLarge,
+                format!("the reply of {size} bytes exceeds max_payload {max}"),
+            );
+            let (h, b) = error_message(&p);
+            let _ = inner.transport.publish(reply_to, None, h, b).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot send reply"),
+    }
+}
+
+/// An error reply: ADR-32 headers plus the problem body (never internals).
+pub fn error_message(p: &Problem) -> (Option<HeaderMap>, Bytes) {
+    let mut hm = HeaderMap::new();
+    hm.insert(h::NATS_SERVICE_ERROR, p.detail.replace(['\r', '\n'], " "));
+    hm.insert(h::NATS_SERVICE_ERROR_CODE, p.status.to_string());
+    hm.insert(h::ERROR_CODE, p.code.as_str());
+    hm.insert("Content-Type", weir_layer::problem::PROBLEM_JSON);
+    for (k, v) in &p.headers {
+        if let Ok(v) = v.to_str() {
+            hm.insert(k.as_str(), v);
+        }
+    }
+    (Some(hm), Bytes::from(p.to_json()))
+}
+
+async fn serve_listener(
+    inner: Arc<Inner>,
+    handler: EventHandler,
+    pattern: String,
+    queue: Option<String>,
+    sub: crate::transport::Subscription,
+    stop: watch::Receiver<bool>,
+) {
+    let inner2 = inner.clone();
+    pump(&inner, &pattern, queue, sub, stop, move |msg| {
+        let guard = InFlight::new(&inner2);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let ev = Event {
+                subject: msg.subject.to_string(),
+                ctx: Ctx::from_headers(msg.headers.as_ref()),
+                headers: msg.headers,
+                payload: msg.payload,
+            };
+            let subject = ev.subject.clone();
+            match AssertUnwindSafe(handler(ev)).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(p)) => tracing::warn!(subject, code = %p.code, detail = %p.detail, "event handler failed"),
+                Err(_) => tracing::error!(subject, "event handler panicked"),
+            }
+            drop(guard);
+        });
+    })
+    .await;
+}
+
+async fn serve_srv(
+    inner: Arc<Inner>,
+    verb: Verb,
+    mut sub: crate::transport::Subscription,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.changed() => { sub.drain().await; return; }
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let Some(reply) = msg.reply else { continue };
+        let body = match verb {
+            Verb::Ping => serde_json::to_vec(&inner.ping()),
+            Verb::Info => serde_json::to_vec(&inner.info()),
+            Verb::Stats => serde_json::to_vec(&inner.stats()),
+        };
+        if let Ok(body) = body
+            && let Err(e) = inner
+                .transport
+                .publish(reply.to_string(), None, None, Bytes::from(body))
+                .await
+        {
+            tracing::debug!(error = %e, "cannot answer $SRV");
+        }
+    }
+}
+
+impl Inner {
+    fn ping(&self) -> PingResponse {
+        PingResponse {
+            kind: micro::PING_TYPE.into(),
+            name: self.name.clone(),
+            id: self.id.clone(),
+            version: self.version.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+
+    fn info(&self) -> InfoResponse {
+        InfoResponse {
+            kind: micro::INFO_TYPE.into(),
+            name: self.name.clone(),
+            id: self.id.clone(),
+            version: self.version.clone(),
+            metadata: self.metadata.clone(),
+            description: self.description.clone(),
+            endpoints: self
+                .endpoints
+                .lock()
+                .iter()
+                .map(|e| e.info.clone())
+                .collect(),
+        }
+    }
+
+    fn stats(&self) -> StatsResponse {
+        let started = self
+            .started
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        StatsResponse {
+            kind: micro::STATS_TYPE.into(),
+            name: self.name.clone(),
+            id: self.id.clone(),
+            version: self.version.clone(),
+            metadata: self.metadata.clone(),
+            started,
+            endpoints: self.endpoints.lock().iter().map(|e| e.snapshot()).collect(),
+        }
+    }
+}
+
+/// A running service.
+pub struct ServiceHandle {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServiceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHandle")
+            .field("name", &self.inner.name)
+            .field("id", &self.inner.id)
+            .finish()
+    }
+}
+
+impl ServiceHandle {
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn info(&self) -> InfoResponse {
+        self.inner.info()
+    }
+
+    pub fn stats(&self) -> StatsResponse {
+        self.inner.stats()
+    }
+
+    /// Requests and event handlers running now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Subscribed and not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Graceful drain: stop taking work (unsubscribe), finish what is in
+    /// flight (at most the drain timeout), stop timers. Returns whether
+    /// everything finished in time.
+    pub async fn drain(&self) -> bool {
+        self.inner.draining.store(true, Ordering::Release);
+        let _ = self.stop.send(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        for t in tasks {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                return false;
+            }
+        }
+        loop {
+            let idle = self.inner.idle.notified();
+            if self.inner.in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return false;
+            }
+        }
+        let _ = self.inner.transport.flush().await;
+        true
+    }
+
+    /// Stops at once without draining (a crash, for tests): subscriptions,
+    /// timers and leases are abandoned, not released.
+    pub fn abort(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for ServiceHandle {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}

@@ -120,6 +120,17 @@ pub(crate) fn begin_request<B>(req: &mut Request<B>) -> (RequestId, tracing::Spa
         path = %req.uri().path(),
         tenant = tracing::field::Empty,
         principal = tracing::field::Empty,
+        // Exported traces only (see `crate::telemetry`).
+        otel.kind = tracing::field::Empty,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::begin(
+        &span,
+        traceparent.as_ref(),
+        req.extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str),
     );
     req.extensions_mut().insert(id.clone());
     if let Some(tp) = traceparent {
@@ -133,6 +144,22 @@ pub(crate) async fn stamp(resp: Response, id: &RequestId) -> Response {
     let (mut parts, body) = resp.into_parts();
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         parts.headers.insert(&X_REQUEST_ID, v);
+    }
+    // One line per request at debug level (off by default: a disabled
+    // callsite costs one check), inside the request's span like every
+    // line it logs.
+    tracing::debug!(status = parts.status.as_u16(), "response");
+    if crate::telemetry::enabled() {
+        // Runs inside the request's span: its exported attributes and the
+        // `traceparent` naming it.
+        let span = tracing::Span::current();
+        span.record(
+            "http.response.status_code",
+            i64::from(parts.status.as_u16()),
+        );
+        if let Some(tp) = crate::telemetry::traceparent_of(&span) {
+            parts.headers.insert(&crate::request_id::TRACEPARENT, tp);
+        }
     }
     if let Some(mut p) = parts.extensions.remove::<Problem>() {
         if p.correlation_id.is_none() {

@@ -9,6 +9,8 @@
 //! * [`ratelimit`] — GCRA limits, local or shared through Redis;
 //! * [`metrics`] — the Prometheus recorder and the registry of metric names;
 //! * [`http`] (feature `http`) — the tower layers and axum extractors;
+//! * [`telemetry`] — OpenTelemetry traces over OTLP/HTTP (feature `otel`),
+//!   W3C `traceparent` in and out;
 //! * [`store`], [`migrate`] — the layer's own tables (API keys) and their
 //!   versioned migrations.
 //!
@@ -32,6 +34,7 @@ pub mod request_id;
 pub mod secret;
 pub mod stack;
 pub mod store;
+pub mod telemetry;
 
 use std::sync::Arc;
 

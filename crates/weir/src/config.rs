@@ -61,6 +61,8 @@ pub struct Config {
     pub auth: weir_layer::auth::AuthConfig,
     pub authz: weir_layer::authz::AuthzConfig,
     pub rate_limit: weir_layer::ratelimit::RateLimitConfig,
+    /// `[telemetry]`: OpenTelemetry trace export over OTLP/HTTP.
+    pub telemetry: weir_layer::telemetry::TelemetryConfig,
 }
 
 /// `[server]`: the HTTP listener and protocol settings.
@@ -152,6 +154,7 @@ impl Default for Config {
             auth: Default::default(),
             authz: Default::default(),
             rate_limit: Default::default(),
+            telemetry: Default::default(),
         }
     }
 }
@@ -251,6 +254,9 @@ pub struct Overrides {
     /// Log line format; logs go to stderr [default: text].
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// OTLP/HTTP collector base URL for traces, e.g. http://127.0.0.1:4318 [default: none; OTEL_EXPORTER_OTLP_ENDPOINT also works].
+    #[arg(long, env = "WEIR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Config {
@@ -310,6 +316,9 @@ impl Config {
         if !(1..=4096).contains(&self.storage.segment_mib) {
             anyhow::bail!("storage.segment_mib must be between 1 and 4096");
         }
+        self.telemetry
+            .validate()
+            .context("invalid [telemetry] configuration")?;
         weir_layer::Production::build(&self.layer(), None, weir_layer::clock::system())
             .context("invalid [auth], [authz] or [rate_limit] configuration")?;
         Ok(())
@@ -381,6 +390,9 @@ impl Overrides {
         }
         if let Some(v) = self.log_format {
             c.log.format = v;
+        }
+        if let Some(v) = &self.otlp_endpoint {
+            c.telemetry.otlp_endpoint = Some(v.clone());
         }
     }
 }

@@ -16,17 +16,41 @@ use weir_storage::log::engine::{EngineOptions, SyncMode};
 
 use crate::config::{Config, LogFormat, Overrides, Profile, StorageKind, SyncKind};
 
-fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+/// Logs to stderr (text, or one JSON object per line whose `span` holds the
+/// request's `request_id`, `tenant` and `principal`), plus OpenTelemetry
+/// trace export when `[telemetry]` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a
+/// collector. The log filter applies to log lines only: request spans reach
+/// the exporter whatever `log.level` says.
+fn init_logging(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Option<weir_layer::telemetry::Telemetry>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .context("invalid log level filter")?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match cfg.log.format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    };
+    let (otel, telemetry) = match weir_layer::telemetry::init(&cfg.telemetry, rt.handle().clone())
+        .context("starting trace export")?
+    {
+        Some((layer, t)) => (
+            Some(layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO)),
+            Some(t),
+        ),
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .context("installing the log subscriber")?;
+    Ok(telemetry)
 }
 
 /// The HTTP layer's settings for a configuration.
@@ -51,12 +75,17 @@ pub fn server_config(c: &Config) -> ServerConfig {
 
 pub fn run(o: Overrides) -> anyhow::Result<()> {
     let cfg = Config::load(&o)?;
-    init_logging(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(cfg))
+    let telemetry = init_logging(&cfg, &rt)?;
+    let result = rt.block_on(serve(cfg));
+    if let Some(t) = telemetry {
+        // The runtime still runs: the last batch of spans goes out.
+        t.shutdown();
+    }
+    result
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {

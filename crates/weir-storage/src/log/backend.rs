@@ -660,21 +660,18 @@ pub fn verify_dir(dir: &Path) -> Result<VerifySummary, StorageError> {
             .map_err(|e| StorageError::Io(format!("restoring the checkpoint: {e}")))?;
         (t, lsn, Some(lsn))
     };
-    let report =
-        super::engine::verify(&fs, first_segment * size, |rec| match codec::decode_record(
-            &rec.payload,
-        ) {
-            Ok(codec::Record::Op(op)) if rec.lsn >= from => {
-                if let Err(e) = table.replay(&op, |idx| {
-                    let _ = memory.submit(&op, Some(idx));
-                }) {
-                    problems.push(format!("record at {}: {e}", rec.lsn));
-                }
+    let report = super::engine::verify(&fs, from, |rec| match codec::decode_record(&rec.payload) {
+        Ok(codec::Record::Op(op)) if rec.lsn >= from => {
+            if let Err(e) = table.replay(&op, |idx| {
+                let _ = memory.submit(&op, Some(idx));
+            }) {
+                problems.push(format!("record at {}: {e}", rec.lsn));
             }
-            Ok(_) => {}
-            Err(e) => problems.push(format!("record at {}: {e}", rec.lsn)),
-        })
-        .map_err(storage_error)?;
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(format!("record at {}: {e}", rec.lsn)),
+    })
+    .map_err(storage_error)?;
     let (snap, ()) = table.snapshot(|| ());
     Ok(VerifySummary {
         report,

@@ -195,11 +195,14 @@ pub fn segment_size_of(fs: &dyn Fs) -> Result<u64, LogError> {
 }
 
 /// Scans every segment, verifying both CRCs of each record and passing the
-/// ones at or after `from` to `replay`. Read-only.
+/// ones at or after `from` to `replay`. Segments from `needed` on must all
+/// be present (compaction removes only segments before the older
+/// checkpoint). Read-only.
 fn scan(
     fs: &dyn Fs,
     size: u64,
     from: u64,
+    needed: u64,
     limit: Option<u64>,
     mut replay: impl FnMut(Recovered),
 ) -> Result<Scan, LogError> {
@@ -207,21 +210,22 @@ fn scan(
     let (from_seg, from_off) = (from / size, from % size);
     // Compaction removes only segments wholly below the older checkpoint;
     // everything from the replay start on must be present and contiguous.
+    let need_seg = needed / size;
     let needed: Vec<u64> = segments
         .iter()
         .copied()
-        .filter(|s| *s >= from_seg)
+        .filter(|s| *s >= need_seg)
         .collect();
     if let Some(&first) = needed.first()
-        && (first != from_seg || needed.windows(2).any(|w| w[1] != w[0] + 1))
+        && (first != need_seg || needed.windows(2).any(|w| w[1] != w[0] + 1))
     {
-        return Err(LogError::MissingSegments(if from == 0 && first > 0 {
+        return Err(LogError::MissingSegments(if need_seg == 0 && first > 0 {
             format!(
                 "segments 0..{first} were removed by compaction and no readable checkpoint \
                  covers them (restore the checkpoint files from a backup)"
             )
         } else {
-            format!("replay starts in segment {from_seg} but the log holds segments {needed:?}")
+            format!("replay starts in segment {need_seg} but the log holds segments {needed:?}")
         }));
     }
     let mut report = RecoveryReport::default();
@@ -295,13 +299,14 @@ fn scan(
     })
 }
 
-/// Checks a log without changing it: every record's CRCs from `from` on,
-/// in order, passed to `each`. `from` must be where the log starts (0, or
-/// the start of its first segment after compaction removed older ones).
-/// Safe while a server is writing (it sees a prefix).
+/// Checks a log without changing it: every record's CRCs in every segment
+/// present, in order, passed to `each`. Segments from `needed` on must all
+/// be present (0 without checkpoints; the checkpoint's position once
+/// compaction has removed segments). Safe while a server is writing (it
+/// sees a prefix).
 pub fn verify(
     fs: &dyn Fs,
-    from: u64,
+    needed: u64,
     each: impl FnMut(Recovered),
 ) -> Result<RecoveryReport, LogError> {
     let size = read_format(fs, None)?;
@@ -309,7 +314,7 @@ pub fn verify(
         .read(WRITE_FAILED_FILE)
         .ok()
         .and_then(|v| String::from_utf8_lossy(&v).trim().parse::<u64>().ok());
-    let s = scan(fs, size, from, limit, each)?;
+    let s = scan(fs, size, 0, needed, limit, each)?;
     let mut report = s.report;
     if let Some((seg, _)) = s.end {
         report.dropped_segments = s.segments.iter().filter(|x| **x > seg).count() as u64;
@@ -418,7 +423,7 @@ impl Engine {
             Ok(v) => String::from_utf8_lossy(&v).trim().parse::<u64>().ok(),
             Err(_) => None,
         };
-        let mut scan = scan(&*fs, size, from, limit, replay)?;
+        let mut scan = scan(&*fs, size, from, from, limit, replay)?;
         let mut files = std::mem::take(&mut scan.files);
         let mut report = scan.report;
         let (next_seg, end_lsn) = match scan.end {

@@ -88,7 +88,7 @@ async fn appends_and_reads_racing_with_compaction_keep_chains_intact() {
                     .unwrap();
                 n += 1;
                 // Short-lived streams: most of the log becomes dead.
-                if n % 4 == 0 {
+                if n.is_multiple_of(4) {
                     let t = format!("t{w}-{churn}");
                     churn += 1;
                     s.create(contract::create_req(&t, "text/plain", b""))

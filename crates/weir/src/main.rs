@@ -3,6 +3,7 @@
 mod admin_cmd;
 mod config;
 mod serve;
+mod service_cmd;
 mod storage_cmd;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,13 @@ enum Command {
     /// Apply or roll back the production layer's schema migrations.
     #[command(subcommand)]
     Migrate(admin_cmd::MigrateCmd),
+    /// List running services (NATS micro discovery: `$SRV.STATS`).
+    Services(service_cmd::ServicesArgs),
+    /// Call a service endpoint: `weir call SERVICE.METHOD JSON`.
+    Call(service_cmd::CallArgs),
+    /// Scaffold a new crate.
+    #[command(subcommand)]
+    New(service_cmd::NewCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -60,6 +68,9 @@ fn main() -> anyhow::Result<()> {
         Command::Storage(cmd) => storage_cmd::run(cmd),
         Command::Keys(cmd) => admin_cmd::keys(cmd),
         Command::Migrate(cmd) => admin_cmd::migrate(cmd),
+        Command::Services(a) => service_cmd::services(a),
+        Command::Call(a) => service_cmd::call(a),
+        Command::New(cmd) => service_cmd::new(cmd),
         Command::Config(ConfigCmd::Print(o)) => {
             print!("{}", config::Config::load(&o)?.to_toml()?);
             Ok(())

@@ -422,6 +422,31 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Overrides {
+                config: Some(path.clone()),
+                ..Overrides::default()
+            })
+        };
+        let c = load("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nservice_name = \"edge\"\nsample_ratio = 0.25\n").unwrap();
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(c.telemetry.service_name, "edge");
+        assert_eq!(c.telemetry.sample_ratio, 0.25);
+        assert!(load("[telemetry]\nsample_ratio = 1.5\n").is_err());
+        assert!(load("[telemetry]\notlp_endpoint = \"collector:4318\"\n").is_err());
+        assert!(load("[telemetry]\nendpoint = \"http://x\"\n").is_err());
+        let c = load("").unwrap();
+        assert!(c.telemetry.otlp_endpoint.is_none());
+    }
+
+    #[test]
     fn rejects_bad_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weir.toml");

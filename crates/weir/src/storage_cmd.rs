@@ -34,6 +34,13 @@ pub fn run(cmd: StorageCmd) -> anyhow::Result<()> {
                 "{} records in {} segments, {} streams, log ends at {}",
                 s.report.records, s.report.segments, s.streams, s.report.end_lsn
             );
+            if s.first_segment > 0 {
+                println!(
+                    "segments before {} were reclaimed by compaction; replay checked from the checkpoint at {}",
+                    s.first_segment,
+                    s.checkpoint.unwrap_or_default()
+                );
+            }
             if let Some(t) = &s.report.torn {
                 println!("torn tail: {t} (recovery truncates it; unacknowledged data only)");
             }

@@ -72,7 +72,7 @@ impl CallHandler for Base {
             let mut hm = call.headers.unwrap_or_default();
             let timeout = call.ctx.write_headers(&mut hm, default_timeout);
             if call.idempotent {
-                hm.insert(h::IDEMPOTENT, "1");
+                hm.insert(h::names::IDEMPOTENT, "1");
             }
             let reply = transport
                 .request(call.subject.to_string(), Some(hm), call.payload, timeout)
@@ -97,7 +97,7 @@ pub fn check_reply(m: Message) -> Result<Message, ServiceError> {
     let Some(hm) = m.headers.as_ref() else {
         return Ok(m);
     };
-    let Some(code) = hm.get(h::NATS_SERVICE_ERROR_CODE) else {
+    let Some(code) = hm.get(h::names::NATS_SERVICE_ERROR_CODE) else {
         return Ok(m);
     };
     let status: u16 = code.as_str().parse().unwrap_or(500);

@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use tokio::time::Instant;
 use weir_layer::Principal;
 
-use crate::headers as h;
+use crate::headers::names as h;
 
 /// What travels with a call from hop to hop. Cheap to clone.
 ///
@@ -106,7 +106,7 @@ impl Ctx {
         let Some(hm) = headers else {
             return Ctx::new();
         };
-        let get = |name: &str| hm.get(name).map(|v| v.as_str());
+        let get = |name: async_nats::header::HeaderName| hm.get(name).map(|v| v.as_str());
         let deadline = get(h::DEADLINE_MS)
             .and_then(|v| v.parse::<u64>().ok())
             .map(|ms| Instant::now() + Duration::from_millis(ms));

@@ -22,3 +22,18 @@ pub const ERROR_CODE: &str = "Weir-Error-Code";
 /// ADR-32 error headers: human description and numeric code.
 pub const NATS_SERVICE_ERROR: &str = "Nats-Service-Error";
 pub const NATS_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
+/// Pre-built header names (no allocation per lookup or insert).
+pub(crate) mod names {
+    use async_nats::header::HeaderName;
+
+    pub const DEADLINE_MS: HeaderName = HeaderName::from_static(super::DEADLINE_MS);
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static(super::TRACEPARENT);
+    pub const CORRELATION_ID: HeaderName = HeaderName::from_static(super::CORRELATION_ID);
+    pub const AUTHORIZATION: HeaderName = HeaderName::from_static(super::AUTHORIZATION);
+    pub const TENANT: HeaderName = HeaderName::from_static(super::TENANT);
+    pub const PRINCIPAL: HeaderName = HeaderName::from_static(super::PRINCIPAL);
+    pub const IDEMPOTENT: HeaderName = HeaderName::from_static(super::IDEMPOTENT);
+    pub const NATS_SERVICE_ERROR_CODE: HeaderName =
+        HeaderName::from_static(super::NATS_SERVICE_ERROR_CODE);
+}

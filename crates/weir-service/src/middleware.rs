@@ -133,9 +133,8 @@ impl Layer for TraceLayer {
     fn layer(&self, meta: &EndpointMeta, inner: BoxHandler) -> BoxHandler {
         let endpoint = meta.subject.clone();
         Arc::new(move |req: Request| {
-            let fut = inner.call(req.clone());
             if !tracing::enabled!(tracing::Level::INFO) {
-                return fut;
+                return inner.call(req);
             }
             let span = tracing::info_span!(
                 "rpc",
@@ -143,6 +142,7 @@ impl Layer for TraceLayer {
                 correlation_id = req.ctx.correlation_id().unwrap_or(""),
                 trace_id = %req.ctx.trace().map(|t| t.trace_id_hex()).unwrap_or_default(),
             );
+            let fut = inner.call(req);
             Box::pin(
                 async move {
                     let r = fut.await;

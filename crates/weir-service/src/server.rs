@@ -512,10 +512,17 @@ async fn serve_endpoint(
     pump(&inner, &subject, queue, sub, stop, move |msg| {
         let guard = InFlight::new(&inner2);
         let (inner, stats, handler) = (inner2.clone(), stats.clone(), handler.clone());
-        tokio::spawn(async move {
+        let mut fut = Box::pin(async move {
             handle_request(&inner, &stats, &handler, msg, max_time).await;
             drop(guard);
         });
+        // Fast path: a handler that completes without waiting (and a reply
+        // that fits the connection's buffer) is answered inline, without a
+        // task. Otherwise the task polls it again with a real waker.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(fut);
+        }
     })
     .await;
 }

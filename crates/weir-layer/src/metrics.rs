@@ -45,6 +45,9 @@ pub mod names {
     pub const AUTH_FAILURES: &str = "weir_auth_failures_total";
     /// Counter `{result}` (`ok`, `error`): JWKS fetches.
     pub const JWKS_FETCHES: &str = "weir_jwks_fetches_total";
+    /// Counter `{reason}` (`requests`, `body_bytes`, `live_readers`):
+    /// requests refused with `503 overloaded` by load shedding.
+    pub const SHED: &str = "weir_shed_total";
 
     /// `(name, kind, help)` of every metric, for descriptions and docs.
     pub const ALL: &[(&str, &str, &str)] = &[
@@ -98,6 +101,11 @@ pub mod names {
             "Refused credentials, by method and reason.",
         ),
         (JWKS_FETCHES, "counter", "JWKS fetches, by result."),
+        (
+            SHED,
+            "counter",
+            "Requests refused by load shedding (503 overloaded), by exhausted budget.",
+        ),
     ];
 }
 

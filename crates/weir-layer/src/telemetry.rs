@@ -277,6 +277,18 @@ mod otel {
         .ok()
     }
 
+    /// Largest collector response read.
+    const MAX_RESPONSE: usize = 1024 * 1024;
+
+    /// Why one export request failed.
+    #[derive(Debug, thiserror::Error)]
+    enum ExportError {
+        #[error(transparent)]
+        Http(#[from] reqwest::Error),
+        #[error("the collector's response exceeds {MAX_RESPONSE} bytes")]
+        TooLarge,
+    }
+
     /// The OTLP exporter's HTTP client: reqwest (already in the tree, with
     /// rustls), each request spawned onto the server's runtime because the
     /// SDK's batch processor polls exports on a plain thread.
@@ -303,11 +315,19 @@ mod otel {
                     .await?;
                 let status = resp.status();
                 let headers = resp.headers().clone();
-                let body = resp.bytes().await?;
-                let mut out = http::Response::new(body);
+                // A collector's answer is tiny; never buffer an unbounded one.
+                let mut resp = resp;
+                let mut body = Vec::new();
+                while let Some(chunk) = resp.chunk().await? {
+                    if body.len() + chunk.len() > MAX_RESPONSE {
+                        return Err(ExportError::TooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                let mut out = http::Response::new(Bytes::from(body));
                 *out.status_mut() = status;
                 *out.headers_mut() = headers;
-                Ok::<_, reqwest::Error>(out)
+                Ok::<_, ExportError>(out)
             };
             match self.rt.spawn(send).await {
                 Ok(Ok(r)) => Ok(r),

@@ -11,13 +11,16 @@
 //! * [`http`] (feature `http`) — the tower layers and axum extractors;
 //! * [`telemetry`] — OpenTelemetry traces over OTLP/HTTP (feature `otel`),
 //!   W3C `traceparent` in and out;
-//! * [`store`], [`migrate`] — the layer's own tables (API keys) and their
-//!   versioned migrations.
+//! * [`store`], [`migrate`] — the layer's own tables (API keys, audit log)
+//!   in memory, SQLite or PostgreSQL, and their versioned migrations;
+//! * `admin` (feature `http`) — the admin API and its listener.
 //!
 //! This crate knows nothing about streams or storage: the server maps its
 //! own errors to [`problem::ErrorCode`]s and records its own metrics under
 //! the names in [`metrics::names`].
 
+#[cfg(feature = "http")]
+pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod cache;

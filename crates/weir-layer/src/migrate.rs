@@ -9,9 +9,11 @@
 //! failed step leaves the previous version intact.
 //!
 //! The SQL is kept to the common subset of SQLite and PostgreSQL (`TEXT`,
-//! `BIGINT`, `CREATE INDEX`), so one list serves both backends; the SQLite
-//! runner is [`crate::store::sqlite`], a PostgreSQL runner applies the same
-//! list.
+//! `BIGINT`, `CREATE INDEX`), so one list serves both backends: the SQLite
+//! runner is [`crate::store::sqlite`], the PostgreSQL runner
+//! [`crate::store::postgres`]. Both share the planning below
+//! ([`verify_applied`], [`plan_up`], [`plan_down`], [`status`]), so they
+//! cannot disagree about what "up to version N" means.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -62,7 +64,105 @@ pub const MIGRATIONS: &[Migration] = &[
         up: "CREATE INDEX weir_api_keys_tenant ON weir_api_keys (tenant, created_at)",
         down: "DROP INDEX weir_api_keys_tenant",
     },
+    Migration {
+        version: 3,
+        name: "audit_log",
+        // `id` is the time in ms (16 hex digits) followed by 8 random hex
+        // digits: ids sort by time, and serve as the pagination cursor.
+        up: "CREATE TABLE weir_audit (
+                id TEXT PRIMARY KEY,
+                at_ms BIGINT NOT NULL,
+                actor TEXT NOT NULL,
+                actor_tenant TEXT NOT NULL DEFAULT '',
+                action TEXT NOT NULL,
+                target TEXT NOT NULL DEFAULT '',
+                tenant TEXT NOT NULL DEFAULT '',
+                request_id TEXT NOT NULL DEFAULT '',
+                detail TEXT NOT NULL DEFAULT '{}'
+            );
+            CREATE INDEX weir_audit_tenant ON weir_audit (tenant, id)",
+        down: "DROP INDEX weir_audit_tenant; DROP TABLE weir_audit",
+    },
 ];
+
+/// The bookkeeping table, created before anything else by both runners.
+pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS weir_migrations (
+    version BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at BIGINT NOT NULL
+)";
+
+/// One row of `weir_migrations`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u32,
+    pub checksum: String,
+    /// Unix seconds.
+    pub applied_at: u64,
+}
+
+/// Checks applied migrations (oldest first) against the code; returns the
+/// current version.
+pub fn verify_applied(applied: &[Applied]) -> Result<u32, MigrateError> {
+    for a in applied {
+        match MIGRATIONS.iter().find(|m| m.version == a.version) {
+            Some(m) if m.checksum() == a.checksum => {}
+            Some(m) => {
+                return Err(MigrateError::Checksum {
+                    version: a.version,
+                    name: m.name.into(),
+                });
+            }
+            None => return Err(MigrateError::TooNew(a.version, latest())),
+        }
+    }
+    Ok(applied.last().map_or(0, |a| a.version))
+}
+
+fn known_target(target: u32) -> Result<(), MigrateError> {
+    if target != 0 && !MIGRATIONS.iter().any(|m| m.version == target) {
+        return Err(MigrateError::UnknownTarget(target));
+    }
+    Ok(())
+}
+
+/// The migrations to apply, in order, to go from `current` to `target`
+/// (default: latest).
+pub fn plan_up(current: u32, target: Option<u32>) -> Result<Vec<&'static Migration>, MigrateError> {
+    let target = target.unwrap_or_else(latest);
+    known_target(target)?;
+    Ok(MIGRATIONS
+        .iter()
+        .filter(|m| m.version > current && m.version <= target)
+        .collect())
+}
+
+/// The migrations to roll back, newest first, to go from `current` down to
+/// `target` (0: everything).
+pub fn plan_down(current: u32, target: u32) -> Result<Vec<&'static Migration>, MigrateError> {
+    known_target(target)?;
+    Ok(MIGRATIONS
+        .iter()
+        .rev()
+        .filter(|m| m.version > target && m.version <= current)
+        .collect())
+}
+
+/// Every known migration and whether it is applied.
+pub fn status(applied: &[Applied]) -> Vec<MigrationState> {
+    MIGRATIONS
+        .iter()
+        .map(|m| MigrationState {
+            version: m.version,
+            name: m.name,
+            applied_at: applied
+                .iter()
+                .find(|a| a.version == m.version)
+                .map(|a| a.applied_at),
+        })
+        .collect()
+}
 
 /// The version all migrations lead to.
 pub fn latest() -> u32 {

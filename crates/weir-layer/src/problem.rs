@@ -119,6 +119,15 @@ error_codes! {
     TenantInvalid = ("tenant_invalid", 400),
     /// A resource that is not a stream does not exist (or belongs to another tenant).
     NotFound = ("not_found", 404),
+    // --- the admin API (`admin.listen`) ---
+    /// The admin API names an API key that does not exist (or belongs to another tenant).
+    ApiKeyNotFound = ("api_key_not_found", 404),
+    /// An admin API request body or query parameter is malformed.
+    AdminRequestInvalid = ("admin_request_invalid", 400),
+    /// The admin API's key endpoints were called while `auth.api_keys.enabled` is false.
+    ApiKeysDisabled = ("api_keys_disabled", 409),
+    /// The layer's store (API keys, audit log) failed; `Retry-After` is set.
+    AdminStoreUnavailable = ("admin_store_unavailable", 503),
     /// A bug or an unexpected failure; the correlation id finds the log lines.
     InternalError = ("internal_error", 500),
 }

@@ -50,9 +50,18 @@ pub struct ApiKeyConfig {
     pub cache_capacity: usize,
     /// `last_used_at` is written at most this often per key.
     pub last_used_interval_secs: u64,
+    /// Where keys (and the audit log) live: `memory`, `sqlite` or
+    /// `postgres`. Unset: chosen by which of `sqlite_path` /
+    /// `database_url(_file)` is set, else memory
+    /// ([`ApiKeyConfig::store_spec`]).
+    pub store: Option<crate::store::StoreKind>,
     /// SQLite database holding the keys (created and migrated at start).
     /// Unset: keys live in memory and are lost on restart (development only).
     pub sqlite_path: Option<std::path::PathBuf>,
+    /// PostgreSQL URL (`postgres://user@host:5432/db`) for `store = "postgres"`.
+    pub database_url: Option<Secret>,
+    /// A file holding the PostgreSQL URL instead (not with `database_url`).
+    pub database_url_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiKeyConfig {
@@ -62,7 +71,10 @@ impl Default for ApiKeyConfig {
             cache_ttl_ms: 5000,
             cache_capacity: 10_000,
             last_used_interval_secs: 60,
+            store: None,
             sqlite_path: None,
+            database_url: None,
+            database_url_file: None,
         }
     }
 }
@@ -101,23 +113,30 @@ pub struct NewApiKey {
 }
 
 impl ApiKeyConfig {
-    /// Opens the configured store: SQLite at `sqlite_path` (migrated to the
-    /// latest version), else an in-memory store.
+    /// Opens the configured store without blocking on the network:
+    /// SQLite at `sqlite_path` (migrated to the latest version), PostgreSQL
+    /// (connected and checked lazily, on first use; [`crate::store::open`]
+    /// connects and migrates at once), else an in-memory store.
     pub fn open_store(&self) -> Result<Arc<dyn ApiKeyStore>, StoreError> {
-        match &self.sqlite_path {
+        match self.store_spec()? {
             #[cfg(feature = "sqlite")]
-            Some(path) => Ok(Arc::new(
+            crate::store::StoreSpec::Sqlite(path) => Ok(Arc::new(
                 crate::store::sqlite::SqliteStore::open_migrated(path)
                     .map_err(|e| StoreError::Backend(e.to_string()))?,
             )),
-            #[cfg(not(feature = "sqlite"))]
-            Some(_) => Err(StoreError::Backend(
-                "this build has no SQLite support (feature `sqlite`)".into(),
+            #[cfg(feature = "postgres")]
+            crate::store::StoreSpec::Postgres(url) => Ok(Arc::new(
+                crate::store::postgres::PgStore::new(url.expose())
+                    .map_err(|e| StoreError::Backend(e.to_string()))?,
             )),
-            None => {
+            crate::store::StoreSpec::Memory => {
                 tracing::warn!("API keys are kept in memory and are lost on restart");
                 Ok(Arc::new(MemoryApiKeyStore::default()))
             }
+            #[allow(unreachable_patterns)]
+            other => Err(StoreError::Backend(format!(
+                "this build has no support for the {other:?} store (crate features)"
+            ))),
         }
     }
 }
@@ -141,8 +160,8 @@ pub enum StoreError {
 }
 
 /// Where API keys live. Implementations: [`MemoryApiKeyStore`],
-/// [`crate::store::sqlite::SqliteStore`]; PostgreSQL can follow with the
-/// same migrations ([`crate::migrate::MIGRATIONS`]).
+/// [`crate::store::sqlite::SqliteStore`], [`crate::store::postgres::PgStore`]
+/// (the same migrations, [`crate::migrate::MIGRATIONS`]).
 #[async_trait::async_trait]
 pub trait ApiKeyStore: Send + Sync {
     async fn insert(&self, rec: &ApiKeyRecord) -> Result<(), StoreError>;
@@ -288,11 +307,14 @@ impl ApiKeys {
         if new.subject.is_empty() {
             return Err(StoreError::Invalid("subject is empty".into()));
         }
-        let mut rng = rand::thread_rng();
         let mut id = [0u8; ID_HEX / 2];
         let mut secret = [0u8; SECRET_HEX / 2];
-        rng.fill_bytes(&mut id);
-        rng.fill_bytes(&mut secret);
+        {
+            // `ThreadRng` is not `Send`: keep it out of the future's state.
+            let mut rng = rand::thread_rng();
+            rng.fill_bytes(&mut id);
+            rng.fill_bytes(&mut secret);
+        }
         let (id, secret) = (hex(&id), hex(&secret));
         let record = ApiKeyRecord {
             id: id.clone(),

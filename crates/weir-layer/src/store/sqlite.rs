@@ -1,5 +1,5 @@
 //! The embedded store: SQLite (bundled, so no system library is needed) for
-//! API keys, with the layer's migrations.
+//! API keys and the audit log, with the layer's migrations.
 //!
 //! rusqlite is synchronous; every call runs on tokio's blocking pool behind
 //! one mutex-guarded connection. That is plenty here: key lookups are cached
@@ -14,7 +14,8 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::auth::apikey::{ApiKeyRecord, ApiKeyStore, StoreError};
-use crate::migrate::{MIGRATIONS, MigrateError, MigrationState, latest};
+use crate::migrate::{self, Applied, MigrateError, MigrationState};
+use crate::store::{AuditEntry, AuditLog, AuditQuery};
 
 /// A SQLite database holding the layer's tables.
 #[derive(Clone)]
@@ -59,81 +60,61 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS weir_migrations (
-                version BIGINT PRIMARY KEY,
-                name TEXT NOT NULL,
-                checksum TEXT NOT NULL,
-                applied_at BIGINT NOT NULL
-            )",
-        )
-        .map_err(db)?;
+        conn.execute_batch(migrate::MIGRATIONS_TABLE).map_err(db)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    fn applied(conn: &Connection) -> Result<Vec<(u32, String, u64)>, MigrateError> {
+    fn applied(conn: &Connection) -> Result<Vec<Applied>, MigrateError> {
         let mut st = conn
             .prepare("SELECT version, checksum, applied_at FROM weir_migrations ORDER BY version")
             .map_err(db)?;
         let rows = st
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
+                Ok(Applied {
+                    version: r.get::<_, i64>(0)? as u32,
+                    checksum: r.get(1)?,
+                    applied_at: r.get::<_, i64>(2)? as u64,
+                })
             })
             .map_err(db)?;
-        rows.map(|r| r.map(|(v, c, a)| (v as u32, c, a as u64)).map_err(db))
-            .collect()
+        rows.map(|r| r.map_err(db)).collect()
     }
 
-    /// Checks applied migrations against the code; returns the current version.
-    fn verify(conn: &Connection) -> Result<u32, MigrateError> {
-        let applied = Self::applied(conn)?;
-        for (v, sum, _) in &applied {
-            match MIGRATIONS.iter().find(|m| m.version == *v) {
-                Some(m) if m.checksum() == *sum => {}
-                Some(m) => {
-                    return Err(MigrateError::Checksum {
-                        version: *v,
-                        name: m.name.into(),
-                    });
-                }
-                None => return Err(MigrateError::TooNew(*v, latest())),
-            }
-        }
-        Ok(applied.last().map_or(0, |a| a.0))
-    }
-
-    /// Applies pending migrations up to `target` (default: latest); returns
-    /// the versions applied.
-    pub fn migrate_up(&self, target: Option<u32>) -> Result<Vec<u32>, MigrateError> {
-        let target = target.unwrap_or_else(latest);
-        if target != 0 && !MIGRATIONS.iter().any(|m| m.version == target) {
-            return Err(MigrateError::UnknownTarget(target));
-        }
-        let mut conn = self.conn.lock();
-        let current = Self::verify(&conn)?;
-        let mut done = Vec::new();
-        for m in MIGRATIONS
-            .iter()
-            .filter(|m| m.version > current && m.version <= target)
-        {
-            let step = |e: rusqlite::Error| MigrateError::Step {
-                version: m.version,
-                message: e.to_string(),
-            };
-            let tx = conn.transaction().map_err(step)?;
+    /// Runs one step in a transaction: its script, then the bookkeeping.
+    fn step(conn: &mut Connection, m: &migrate::Migration, up: bool) -> Result<(), MigrateError> {
+        let step = |e: rusqlite::Error| MigrateError::Step {
+            version: m.version,
+            message: e.to_string(),
+        };
+        let tx = conn.transaction().map_err(step)?;
+        if up {
             tx.execute_batch(m.up).map_err(step)?;
             tx.execute(
                 "INSERT INTO weir_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)",
                 params![m.version, m.name, m.checksum(), now_secs() as i64],
             )
             .map_err(step)?;
-            tx.commit().map_err(step)?;
+        } else {
+            tx.execute_batch(m.down).map_err(step)?;
+            tx.execute(
+                "DELETE FROM weir_migrations WHERE version = ?1",
+                params![m.version],
+            )
+            .map_err(step)?;
+        }
+        tx.commit().map_err(step)
+    }
+
+    /// Applies pending migrations up to `target` (default: latest); returns
+    /// the versions applied.
+    pub fn migrate_up(&self, target: Option<u32>) -> Result<Vec<u32>, MigrateError> {
+        let mut conn = self.conn.lock();
+        let current = migrate::verify_applied(&Self::applied(&conn)?)?;
+        let mut done = Vec::new();
+        for m in migrate::plan_up(current, target)? {
+            Self::step(&mut conn, m, true)?;
             done.push(m.version);
         }
         Ok(done)
@@ -142,29 +123,11 @@ impl SqliteStore {
     /// Rolls back applied migrations above `target` (0: everything), newest
     /// first; returns the versions rolled back.
     pub fn migrate_down(&self, target: u32) -> Result<Vec<u32>, MigrateError> {
-        if target != 0 && !MIGRATIONS.iter().any(|m| m.version == target) {
-            return Err(MigrateError::UnknownTarget(target));
-        }
         let mut conn = self.conn.lock();
-        let current = Self::verify(&conn)?;
+        let current = migrate::verify_applied(&Self::applied(&conn)?)?;
         let mut done = Vec::new();
-        for m in MIGRATIONS
-            .iter()
-            .rev()
-            .filter(|m| m.version > target && m.version <= current)
-        {
-            let step = |e: rusqlite::Error| MigrateError::Step {
-                version: m.version,
-                message: e.to_string(),
-            };
-            let tx = conn.transaction().map_err(step)?;
-            tx.execute_batch(m.down).map_err(step)?;
-            tx.execute(
-                "DELETE FROM weir_migrations WHERE version = ?1",
-                params![m.version],
-            )
-            .map_err(step)?;
-            tx.commit().map_err(step)?;
+        for m in migrate::plan_down(current, target)? {
+            Self::step(&mut conn, m, false)?;
             done.push(m.version);
         }
         Ok(done)
@@ -173,16 +136,9 @@ impl SqliteStore {
     /// Every known migration and whether it is applied.
     pub fn migrate_status(&self) -> Result<Vec<MigrationState>, MigrateError> {
         let conn = self.conn.lock();
-        Self::verify(&conn)?;
         let applied = Self::applied(&conn)?;
-        Ok(MIGRATIONS
-            .iter()
-            .map(|m| MigrationState {
-                version: m.version,
-                name: m.name,
-                applied_at: applied.iter().find(|a| a.0 == m.version).map(|a| a.2),
-            })
-            .collect())
+        migrate::verify_applied(&applied)?;
+        Ok(migrate::status(&applied))
     }
 
     async fn with<T: Send + 'static>(
@@ -318,6 +274,74 @@ impl ApiKeyStore for SqliteStore {
     }
 }
 
+const AUDIT_COLUMNS: &str =
+    "id, at_ms, actor, actor_tenant, action, target, tenant, request_id, detail";
+
+#[async_trait::async_trait]
+impl AuditLog for SqliteStore {
+    async fn record(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        let e = e.clone();
+        self.with(move |c| {
+            c.execute(
+                &format!("INSERT INTO weir_audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    e.id,
+                    e.at_ms as i64,
+                    e.actor,
+                    e.actor_tenant,
+                    e.action,
+                    e.target,
+                    e.tenant,
+                    e.request_id,
+                    e.detail.to_string(),
+                ],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn entries(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let q = q.clone();
+        self.with(move |c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM weir_audit
+                     WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR id < ?2)
+                     ORDER BY id DESC LIMIT ?3"
+                ))
+                .map_err(backend)?;
+            let rows = st
+                .query_map(
+                    params![
+                        q.tenant,
+                        q.before,
+                        i64::try_from(q.limit).unwrap_or(i64::MAX)
+                    ],
+                    |r| {
+                        let detail: String = r.get(8)?;
+                        Ok(AuditEntry {
+                            id: r.get(0)?,
+                            at_ms: r.get::<_, i64>(1)? as u64,
+                            actor: r.get(2)?,
+                            actor_tenant: r.get(3)?,
+                            action: r.get(4)?,
+                            target: r.get(5)?,
+                            tenant: r.get(6)?,
+                            request_id: r.get(7)?,
+                            detail: serde_json::from_str(&detail)
+                                .unwrap_or(serde_json::Value::Null),
+                        })
+                    },
+                )
+                .map_err(backend)?;
+            rows.map(|r| r.map_err(backend)).collect()
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,16 +369,17 @@ mod tests {
         );
         assert_eq!(s.migrate_up(Some(1)).unwrap(), vec![1]);
         assert_eq!(tables(&s), vec!["weir_api_keys"]);
-        assert_eq!(s.migrate_up(None).unwrap(), vec![2]);
+        assert_eq!(s.migrate_up(Some(2)).unwrap(), vec![2]);
         assert_eq!(tables(&s), vec!["weir_api_keys", "weir_api_keys_tenant"]);
+        assert_eq!(s.migrate_up(None).unwrap(), vec![3]);
         assert!(s.migrate_up(None).unwrap().is_empty(), "idempotent");
         let st = s.migrate_status().unwrap();
         assert!(st.iter().all(|m| m.applied_at.is_some()));
-        assert_eq!(s.migrate_down(1).unwrap(), vec![2]);
+        assert_eq!(s.migrate_down(1).unwrap(), vec![3, 2]);
         assert_eq!(tables(&s), vec!["weir_api_keys"]);
         assert_eq!(s.migrate_down(0).unwrap(), vec![1]);
         assert!(tables(&s).is_empty());
-        assert_eq!(s.migrate_up(None).unwrap(), vec![1, 2]);
+        assert_eq!(s.migrate_up(None).unwrap(), vec![1, 2, 3]);
         assert!(matches!(
             s.migrate_up(Some(99)),
             Err(MigrateError::UnknownTarget(99))

@@ -1,0 +1,430 @@
+//! The shared store: PostgreSQL for API keys and the audit log, with the
+//! same migrations as SQLite ([`crate::migrate::MIGRATIONS`]).
+//!
+//! One `tokio-postgres` connection per node serves every query: the client
+//! pipelines concurrent queries on it, and the layer's traffic is small
+//! (key lookups are cached per node for `cache_ttl_ms`, `last_used_at`
+//! writes are throttled, admin actions are rare), so a pool would buy
+//! nothing but a dependency. The connection is opened on first use and
+//! re-opened after it breaks. Migrations run on a connection of their own,
+//! because they use explicit transactions, under a session advisory lock so
+//! two nodes starting at once do not both apply a step.
+//!
+//! No TLS: the database is expected on localhost or a private network
+//! (`sslmode=require` in the URL is refused by the connector).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls, Row};
+
+use crate::auth::apikey::{ApiKeyRecord, ApiKeyStore, StoreError};
+use crate::migrate::{self, Applied, MigrateError, MigrationState};
+use crate::store::{AuditEntry, AuditLog, AuditQuery};
+
+/// Advisory lock key held while migrating ("weir" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7765_6972;
+
+/// A PostgreSQL database holding the layer's tables.
+#[derive(Clone)]
+pub struct PgStore {
+    config: Arc<Config>,
+    client: Arc<tokio::sync::Mutex<Option<Arc<Client>>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL: it may carry a password.
+        f.debug_struct("PgStore")
+            .field("dbname", &self.config.get_dbname())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The database URL could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid PostgreSQL URL: {0}")]
+pub struct InvalidUrl(String);
+
+fn db(e: tokio_postgres::Error) -> MigrateError {
+    MigrateError::Db(describe(&e))
+}
+
+fn backend(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(describe(&e))
+}
+
+/// The error with its cause (tokio-postgres' `Display` alone often says
+/// only "error connecting to server").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(d), _) => format!("{}: {}", d.code().code(), d.message()),
+        (None, Some(s)) => format!("{e}: {s}"),
+        (None, None) => e.to_string(),
+    }
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl PgStore {
+    /// Parses `url` (`postgres://user[:pw]@host[:port]/db?…` or the
+    /// `key=value` form); connects lazily.
+    pub fn new(url: &str) -> Result<PgStore, InvalidUrl> {
+        let config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            // The parser's message never repeats the URL (which may hold a password).
+            InvalidUrl(e.to_string())
+        })?;
+        Ok(Self::with_config(config))
+    }
+
+    /// From a parsed configuration (connect timeout defaults to 5 s).
+    pub fn with_config(mut config: Config) -> PgStore {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("weir");
+        }
+        PgStore {
+            config: Arc::new(config),
+            client: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+
+    /// The configuration (e.g. to derive another database's URL in tests).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %describe(&e), "PostgreSQL connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// The shared connection, (re)opened if needed.
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(self.connect().await.map_err(backend)?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Checks that the database answers (for readiness probes).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    // ------------------------------------------------------------ migrations
+
+    /// A connection of its own holding the migration lock, with the
+    /// bookkeeping table in place.
+    async fn migrator(&self) -> Result<Client, MigrateError> {
+        let c = self.connect().await.map_err(db)?;
+        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        c.batch_execute(migrate::MIGRATIONS_TABLE)
+            .await
+            .map_err(db)?;
+        Ok(c)
+    }
+
+    async fn applied(c: &Client) -> Result<Vec<Applied>, MigrateError> {
+        let rows = c
+            .query(
+                "SELECT version, checksum, applied_at FROM weir_migrations ORDER BY version",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Applied {
+                    version: u32::try_from(r.try_get::<_, i64>(0).map_err(db)?)
+                        .map_err(|e| MigrateError::Db(e.to_string()))?,
+                    checksum: r.try_get(1).map_err(db)?,
+                    applied_at: u64_of(r.try_get(2).map_err(db)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs one step in a transaction: its script, then the bookkeeping.
+    async fn step(
+        c: &Client,
+        m: &migrate::Migration,
+        script: &str,
+        record: Option<i64>,
+    ) -> Result<(), MigrateError> {
+        let fail = |e: tokio_postgres::Error| MigrateError::Step {
+            version: m.version,
+            message: describe(&e),
+        };
+        c.batch_execute("BEGIN").await.map_err(fail)?;
+        let run = async {
+            c.batch_execute(script).await?;
+            match record {
+                Some(at) => {
+                    c.execute(
+                        "INSERT INTO weir_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
+                        &[&i64::from(m.version), &m.name, &m.checksum(), &at],
+                    )
+                    .await?;
+                }
+                None => {
+                    c.execute(
+                        "DELETE FROM weir_migrations WHERE version = $1",
+                        &[&i64::from(m.version)],
+                    )
+                    .await?;
+                }
+            }
+            c.batch_execute("COMMIT").await
+        };
+        if let Err(e) = run.await {
+            // The connection is dropped right after anyway; ROLLBACK keeps it clean.
+            let _ = c.batch_execute("ROLLBACK").await;
+            return Err(fail(e));
+        }
+        Ok(())
+    }
+
+    /// Applies pending migrations up to `target` (default: latest); returns
+    /// the versions applied.
+    pub async fn migrate_up(&self, target: Option<u32>) -> Result<Vec<u32>, MigrateError> {
+        let c = self.migrator().await?;
+        let current = migrate::verify_applied(&Self::applied(&c).await?)?;
+        let mut done = Vec::new();
+        for m in migrate::plan_up(current, target)? {
+            let now = i64_of(now_secs());
+            Self::step(&c, m, m.up, Some(now)).await?;
+            done.push(m.version);
+        }
+        Ok(done)
+    }
+
+    /// Rolls back applied migrations above `target` (0: everything), newest
+    /// first; returns the versions rolled back.
+    pub async fn migrate_down(&self, target: u32) -> Result<Vec<u32>, MigrateError> {
+        let c = self.migrator().await?;
+        let current = migrate::verify_applied(&Self::applied(&c).await?)?;
+        let mut done = Vec::new();
+        for m in migrate::plan_down(current, target)? {
+            Self::step(&c, m, m.down, None).await?;
+            done.push(m.version);
+        }
+        Ok(done)
+    }
+
+    /// Every known migration and whether it is applied.
+    pub async fn migrate_status(&self) -> Result<Vec<MigrationState>, MigrateError> {
+        let c = self.migrator().await?;
+        let applied = Self::applied(&c).await?;
+        migrate::verify_applied(&applied)?;
+        Ok(migrate::status(&applied))
+    }
+}
+
+fn now_secs() -> u64 {
+    crate::clock::Clock::unix_secs(&crate::clock::SystemClock)
+}
+
+const COLUMNS: &str = "id, tenant, subject, name, roles, scopes, secret_hash, created_at, expires_at, last_used_at, revoked_at";
+
+fn row_to_record(r: &Row) -> Result<ApiKeyRecord, tokio_postgres::Error> {
+    let list = |i: usize| -> Result<Vec<String>, tokio_postgres::Error> {
+        let s: String = r.try_get(i)?;
+        Ok(serde_json::from_str(&s).unwrap_or_default())
+    };
+    let opt = |i: usize| -> Result<Option<u64>, tokio_postgres::Error> {
+        Ok(r.try_get::<_, Option<i64>>(i)?.map(u64_of))
+    };
+    Ok(ApiKeyRecord {
+        id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        subject: r.try_get(2)?,
+        name: r.try_get(3)?,
+        roles: list(4)?,
+        scopes: list(5)?,
+        secret_hash: r.try_get(6)?,
+        created_at: u64_of(r.try_get(7)?),
+        expires_at: opt(8)?,
+        last_used_at: opt(9)?,
+        revoked_at: opt(10)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl ApiKeyStore for PgStore {
+    async fn insert(&self, rec: &ApiKeyRecord) -> Result<(), StoreError> {
+        let roles =
+            serde_json::to_string(&rec.roles).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let scopes =
+            serde_json::to_string(&rec.scopes).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let opt = |v: Option<u64>| v.map(i64_of);
+        self.client()
+            .await?
+            .execute(
+                &format!("INSERT INTO weir_api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+                &[
+                    &rec.id,
+                    &rec.tenant,
+                    &rec.subject,
+                    &rec.name,
+                    &roles,
+                    &scopes,
+                    &rec.secret_hash,
+                    &i64_of(rec.created_at),
+                    &opt(rec.expires_at),
+                    &opt(rec.last_used_at),
+                    &opt(rec.revoked_at),
+                ],
+            )
+            .await
+            .map_err(|e| {
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                    StoreError::Duplicate
+                } else {
+                    backend(e)
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM weir_api_keys WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(row_to_record).transpose().map_err(backend)
+    }
+
+    async fn list(&self, tenant: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM weir_api_keys WHERE $1::TEXT IS NULL OR tenant = $1 ORDER BY created_at DESC, id"
+                ),
+                &[&tenant],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| row_to_record(r).map_err(backend))
+            .collect()
+    }
+
+    async fn revoke(&self, id: &str, at: u64) -> Result<bool, StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE weir_api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+                &[&id, &i64_of(at)],
+            )
+            .await
+            .map(|n| n > 0)
+            .map_err(backend)
+    }
+
+    async fn touch(&self, id: &str, at: u64) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE weir_api_keys SET last_used_at = $2 WHERE id = $1",
+                &[&id, &i64_of(at)],
+            )
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+}
+
+const AUDIT_COLUMNS: &str =
+    "id, at_ms, actor, actor_tenant, action, target, tenant, request_id, detail";
+
+fn row_to_audit(r: &Row) -> Result<AuditEntry, tokio_postgres::Error> {
+    let detail: String = r.try_get(8)?;
+    Ok(AuditEntry {
+        id: r.try_get(0)?,
+        at_ms: u64_of(r.try_get(1)?),
+        actor: r.try_get(2)?,
+        actor_tenant: r.try_get(3)?,
+        action: r.try_get(4)?,
+        target: r.try_get(5)?,
+        tenant: r.try_get(6)?,
+        request_id: r.try_get(7)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+#[async_trait::async_trait]
+impl AuditLog for PgStore {
+    async fn record(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                &format!("INSERT INTO weir_audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
+                &[
+                    &e.id,
+                    &i64_of(e.at_ms),
+                    &e.actor,
+                    &e.actor_tenant,
+                    &e.action,
+                    &e.target,
+                    &e.tenant,
+                    &e.request_id,
+                    &e.detail.to_string(),
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    async fn entries(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {AUDIT_COLUMNS} FROM weir_audit
+                     WHERE ($1::TEXT IS NULL OR tenant = $1) AND ($2::TEXT IS NULL OR id COLLATE \"C\" < $2)
+                     ORDER BY id COLLATE \"C\" DESC LIMIT $3"
+                ),
+                &[&q.tenant, &q.before, &limit],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| row_to_audit(r).map_err(backend))
+            .collect()
+    }
+}

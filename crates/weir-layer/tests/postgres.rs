@@ -1,0 +1,367 @@
+//! The PostgreSQL store on the machine's real PostgreSQL (`WEIR_PG_URL`,
+//! default `postgres://postgres@127.0.0.1:5432/postgres`, trust auth; set by
+//! scripts/test). Each test creates its own uniquely named database and
+//! drops it at the end. An unreachable server fails the tests: it is not a
+//! reason to skip them.
+#![cfg(feature = "postgres")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_layer::auth::apikey::{ApiKeyConfig, ApiKeyStore, ApiKeys, NewApiKey, StoreError};
+use weir_layer::authz::PermissionTable;
+use weir_layer::migrate::{MIGRATIONS, MigrateError, latest};
+use weir_layer::principal::AuthError;
+use weir_layer::store::postgres::PgStore;
+use weir_layer::store::{AuditEntry, AuditLog, AuditQuery, actions};
+
+fn admin_url() -> String {
+    std::env::var("WEIR_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let url = admin_url();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {url} ({e}); start it or set WEIR_PG_URL \
+                 (scripts/test does both)"
+            )
+        });
+    tokio::spawn(conn);
+    client
+}
+
+/// A database of this test's own, dropped (with its connections) on drop.
+struct TestDb {
+    name: String,
+    config: tokio_postgres::Config,
+}
+
+impl TestDb {
+    async fn create(tag: &str) -> TestDb {
+        let name = format!(
+            "weir_test_{tag}_{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        admin_client()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let mut config: tokio_postgres::Config = admin_url().parse().unwrap();
+        config.dbname(&name);
+        TestDb { name, config }
+    }
+
+    fn store(&self) -> PgStore {
+        PgStore::with_config(self.config.clone())
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop can't await: a short-lived runtime on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                admin_client()
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .unwrap();
+            });
+        })
+        .join();
+    }
+}
+
+async fn tables(s: &PgStore, db: &TestDb) -> Vec<String> {
+    let _ = s;
+    let (c, conn) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.query(
+        "SELECT relname::TEXT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND relkind IN ('r', 'i') AND relname LIKE 'weir_%'
+           AND relname NOT LIKE 'weir_migrations%' AND relname NOT LIKE '%_pkey'
+         ORDER BY relname",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test]
+async fn migrations_up_down_up() {
+    let db = TestDb::create("migrate").await;
+    let s = db.store();
+    let st = s.migrate_status().await.unwrap();
+    assert_eq!(st.len(), MIGRATIONS.len());
+    assert!(st.iter().all(|m| m.applied_at.is_none()));
+
+    assert_eq!(s.migrate_up(Some(1)).await.unwrap(), vec![1]);
+    assert_eq!(tables(&s, &db).await, vec!["weir_api_keys"]);
+    let all: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(s.migrate_up(None).await.unwrap(), all[1..].to_vec());
+    assert_eq!(
+        tables(&s, &db).await,
+        vec![
+            "weir_api_keys",
+            "weir_api_keys_tenant",
+            "weir_audit",
+            "weir_audit_tenant"
+        ]
+    );
+    assert!(s.migrate_up(None).await.unwrap().is_empty(), "idempotent");
+    assert!(
+        s.migrate_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.applied_at.is_some())
+    );
+
+    // Down to 1, then to nothing, then all the way up again.
+    let mut above_one: Vec<u32> = all[1..].to_vec();
+    above_one.reverse();
+    assert_eq!(s.migrate_down(1).await.unwrap(), above_one);
+    assert_eq!(tables(&s, &db).await, vec!["weir_api_keys"]);
+    assert_eq!(s.migrate_down(0).await.unwrap(), vec![1]);
+    assert!(tables(&s, &db).await.is_empty());
+    assert_eq!(s.migrate_up(None).await.unwrap(), all);
+    assert_eq!(
+        s.migrate_status()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|m| m.applied_at.is_some())
+            .count(),
+        MIGRATIONS.len()
+    );
+    assert!(matches!(
+        s.migrate_up(Some(99)).await,
+        Err(MigrateError::UnknownTarget(99))
+    ));
+
+    // An applied migration edited afterwards, and a database from the future.
+    let (c, conn) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute("UPDATE weir_migrations SET checksum = 'x' WHERE version = 1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.migrate_up(None).await,
+        Err(MigrateError::Checksum { version: 1, .. })
+    ));
+    c.execute(
+        "UPDATE weir_migrations SET checksum = $1 WHERE version = 1",
+        &[&MIGRATIONS[0].checksum()],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("INSERT INTO weir_migrations VALUES (999, 'future', 'y', 0)")
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.migrate_status().await,
+        Err(MigrateError::TooNew(999, v)) if v == latest()
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_migrators_apply_each_step_once() {
+    let db = TestDb::create("race").await;
+    let (a, b) = (db.store(), db.store());
+    let (ra, rb) = tokio::join!(a.migrate_up(None), b.migrate_up(None));
+    let (mut ra, rb) = (ra.unwrap(), rb.unwrap());
+    ra.extend(rb);
+    ra.sort_unstable();
+    let all: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(ra, all, "every step applied exactly once");
+}
+
+fn node(store: PgStore, cache_ttl_ms: u64) -> ApiKeys {
+    ApiKeys::new(
+        Arc::new(store),
+        ApiKeyConfig {
+            enabled: true,
+            cache_ttl_ms,
+            ..Default::default()
+        },
+        Arc::new(PermissionTable::default()),
+        weir_layer::clock::system(),
+    )
+}
+
+fn new_key() -> NewApiKey {
+    NewApiKey {
+        tenant: "acme".into(),
+        subject: "ci".into(),
+        name: "deploy".into(),
+        roles: vec!["writer".into()],
+        scopes: vec!["weir:read".into()],
+        expires_at: None,
+    }
+}
+
+#[tokio::test]
+async fn api_keys_create_verify_revoke() {
+    let db = TestDb::create("keys").await;
+    let s = db.store();
+    s.migrate_up(None).await.unwrap();
+    let keys = node(s.clone(), 5000);
+    let created = keys.create(new_key()).await.unwrap();
+    let token = created.token.expose().to_owned();
+    let p = keys.verify_key(&token).await.unwrap();
+    assert_eq!((p.tenant.as_str(), p.subject.as_str()), ("acme", "ci"));
+
+    // Stored as written, hash only.
+    let rec = s.get(&created.record.id).await.unwrap().unwrap();
+    assert_eq!(rec, created.record);
+    assert!(!token.contains(&rec.secret_hash));
+    assert!(matches!(s.insert(&rec).await, Err(StoreError::Duplicate)));
+    assert!(s.get("0000000000000000").await.unwrap().is_none());
+    assert_eq!(s.list(Some("acme")).await.unwrap().len(), 1);
+    assert!(s.list(Some("other")).await.unwrap().is_empty());
+    assert_eq!(s.list(None).await.unwrap().len(), 1);
+
+    // last_used_at is written off the request path.
+    let mut used = None;
+    for _ in 0..100 {
+        used = s.get(&rec.id).await.unwrap().unwrap().last_used_at;
+        if used.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(used.is_some(), "last_used_at recorded");
+
+    assert!(keys.revoke(&rec.id).await.unwrap());
+    assert_eq!(keys.verify_key(&token).await, Err(AuthError::Revoked));
+    assert!(!keys.revoke("0000000000000000").await.unwrap());
+    let revoked = s.get(&rec.id).await.unwrap().unwrap();
+    assert!(revoked.revoked_at.is_some());
+
+    // The connection comes back after the server drops it.
+    let (c, conn) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await
+    .unwrap();
+    let mut back = false;
+    for _ in 0..50 {
+        if s.get(&rec.id).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "reconnected after the connection was terminated");
+}
+
+/// Two nodes (verifiers with their own caches) share one database: a key
+/// revoked on node A is refused by node B within B's `cache_ttl_ms`.
+#[tokio::test]
+async fn revocation_reaches_the_other_node_within_the_cache_ttl() {
+    let db = TestDb::create("bound").await;
+    db.store().migrate_up(None).await.unwrap();
+    let ttl = Duration::from_millis(400);
+    let a = node(db.store(), ttl.as_millis() as u64);
+    let b = node(db.store(), ttl.as_millis() as u64);
+    let created = a.create(new_key()).await.unwrap();
+    let token = created.token.expose();
+    assert!(b.verify_key(token).await.is_ok(), "B caches the key");
+
+    a.revoke(&created.record.id).await.unwrap();
+    let revoked_at = std::time::Instant::now();
+    assert_eq!(
+        a.verify_key(token).await,
+        Err(AuthError::Revoked),
+        "at once on A"
+    );
+    // B refuses it no later than the bound (plus scheduling slack).
+    loop {
+        match b.verify_key(token).await {
+            Err(AuthError::Revoked) => break,
+            Ok(_) => {
+                assert!(
+                    revoked_at.elapsed() < ttl + Duration::from_millis(200),
+                    "B still accepts the key {:?} after revocation (bound {ttl:?})",
+                    revoked_at.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    // A new node never saw the key valid.
+    let c = node(db.store(), ttl.as_millis() as u64);
+    assert_eq!(c.verify_key(token).await, Err(AuthError::Revoked));
+}
+
+#[tokio::test]
+async fn audit_log_round_trip() {
+    let db = TestDb::create("audit").await;
+    let s = db.store();
+    s.migrate_up(None).await.unwrap();
+    for i in 0..5u64 {
+        let mut e = AuditEntry::new(
+            1_700_000_000_000 + i,
+            "root",
+            actions::API_KEY_CREATED,
+            format!("k{i}"),
+        );
+        e.tenant = if i % 2 == 0 { "a" } else { "b" }.into();
+        e.request_id = format!("req-{i}");
+        e.detail = serde_json::json!({"n": i});
+        s.record(&e).await.unwrap();
+    }
+    let page = s
+        .entries(&AuditQuery {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+        ["k4", "k3"]
+    );
+    assert_eq!(page[0].detail, serde_json::json!({"n": 4}));
+    assert_eq!(page[0].request_id, "req-4");
+    let rest = s
+        .entries(&AuditQuery {
+            limit: 10,
+            before: Some(page[1].id.clone()),
+            tenant: Some("a".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+        ["k2", "k0"]
+    );
+}
+
+#[tokio::test]
+async fn unreachable_database_is_a_clear_error() {
+    // A port nothing listens on: the error names the cause, fast.
+    let s = PgStore::new("postgres://postgres@127.0.0.1:1/postgres?connect_timeout=2").unwrap();
+    let err = s.get("0123456789abcdef").await.unwrap_err().to_string();
+    assert!(err.contains("key store failure"), "{err}");
+    assert!(PgStore::new("postgres://h:notaport/db").is_err());
+}

@@ -79,6 +79,11 @@ pub fn nats_server_binary() -> PathBuf {
 impl NatsServer {
     /// Starts a server on a random port with JetStream in a temp directory.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// Same, with extra `nats-server` arguments (e.g. `--user`, `--pass`).
+    pub fn start_with(extra: &[&str]) -> NatsServer {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let bin = nats_server_binary();
         let child = Command::new(&bin)
@@ -86,6 +91,7 @@ impl NatsServer {
             .arg(dir.path().join("js"))
             .arg("--ports_file_dir")
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -173,11 +173,12 @@ async fn metrics_move_by_exactly_what_the_server_did() {
     let client = reqwest::Client::new();
     let url = format!("{base}/v1/stream/metered");
 
+    // The streams gauge is set once storage has been counted at start.
+    eventually(&client, &base, "streams gauge present", |s| {
+        (!s.0.keys().any(|(n, _)| n == OPEN)).then_some(-1.0)
+    })
+    .await;
     let before = scrape(&client, &base).await;
-    assert!(
-        before.0.keys().any(|(n, _)| n == OPEN),
-        "the streams gauge is set at start"
-    );
     let r = client
         .put(&url)
         .header("content-type", "text/plain")
@@ -251,9 +252,10 @@ async fn metrics_move_by_exactly_what_the_server_did() {
     // Every acknowledged write was made durable by a sync: one create and
     // seven appends are at least eight records in at least one sync.
     assert!(delta(SYNC_SECONDS_COUNT, &[]) >= 1.0);
-    assert_eq!(
-        delta(SYNC_SECONDS_COUNT, &[]),
-        delta(SYNC_BATCH_COUNT, &[]),
+    // One batch-size sample per sync (±1: a background sync may land
+    // between the two histograms of one scrape).
+    assert!(
+        (delta(SYNC_SECONDS_COUNT, &[]) - delta(SYNC_BATCH_COUNT, &[])).abs() <= 1.0,
         "one batch-size sample per sync"
     );
     assert!(delta(SYNC_BATCH_SUM, &[]) >= 8.0);

@@ -337,3 +337,41 @@ mod otel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_export_nothing_and_validation_catches_mistakes() {
+        let d = TelemetryConfig::default();
+        assert!(d.validate().is_ok());
+        assert!(d.otlp_endpoint.is_none());
+        assert_eq!(d.service_name, "weir");
+        let bad = |f: fn(&mut TelemetryConfig)| {
+            let mut c = TelemetryConfig::default();
+            f(&mut c);
+            c.validate().is_err()
+        };
+        assert!(bad(|c| c.sample_ratio = 1.5));
+        assert!(bad(|c| c.sample_ratio = -0.1));
+        assert!(bad(|c| c.sample_ratio = f64::NAN));
+        assert!(bad(|c| c.service_name = " ".into()));
+        assert!(bad(|c| c.otlp_endpoint = Some("collector:4318".into())));
+        let mut ok = TelemetryConfig {
+            otlp_endpoint: Some("https://otel.example:4318".into()),
+            ..TelemetryConfig::default()
+        };
+        assert!(ok.validate().is_ok() && ok.wants_export());
+        ok.sample_ratio = 0.0;
+        assert!(ok.validate().is_ok());
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        let c: Result<TelemetryConfig, _> = toml::from_str("otlp_endpont = \"http://x\"\n");
+        assert!(c.is_err());
+        let c: TelemetryConfig = toml::from_str("sample_ratio = 0.5\n").unwrap();
+        assert_eq!(c.sample_ratio, 0.5);
+    }
+}

@@ -124,6 +124,7 @@ pub(crate) fn begin_request<B>(req: &mut Request<B>) -> (RequestId, tracing::Spa
         otel.kind = tracing::field::Empty,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     crate::telemetry::begin(
         &span,
@@ -157,6 +158,10 @@ pub(crate) async fn stamp(resp: Response, id: &RequestId) -> Response {
             "http.response.status_code",
             i64::from(parts.status.as_u16()),
         );
+        if parts.status.is_server_error() {
+            // OpenTelemetry semantics: 5xx marks a server span as failed.
+            span.record("otel.status_code", "error");
+        }
         if let Some(tp) = crate::telemetry::traceparent_of(&span) {
             parts.headers.insert(&crate::request_id::TRACEPARENT, tp);
         }

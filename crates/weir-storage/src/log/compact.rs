@@ -167,8 +167,17 @@ fn run_blocking(
         }
         let known = backend.usage.lock().contains_key(&seg);
         if !known {
-            let usage = scan_usage(&engine, seg)?;
-            backend.usage.lock().insert(seg, usage);
+            match scan_usage(&engine, seg) {
+                Ok(usage) => {
+                    backend.usage.lock().insert(seg, usage);
+                }
+                Err(e) => {
+                    // Left alone (recovery never reads it; `weir storage
+                    // verify` reports it); the others are still compacted.
+                    tracing::warn!(seg, error = %e, "not compacting an unreadable segment");
+                    continue;
+                }
+            }
         }
         let live: u64 = backend.usage.lock()[&seg]
             .iter()

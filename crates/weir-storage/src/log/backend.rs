@@ -11,6 +11,10 @@
 //!   record points back at the stream's previous data record, so a cold
 //!   read walks back from the next anchor to the one before the wanted
 //!   position: memory grows with stream size / 64 KiB, not with appends.
+//!
+//! Compaction ([`super::compact`]) may move a run of a stream's records to
+//! a *relocate* record; the index then points at the copy and keeps a
+//! redirect from the run's old last position, which cold reads follow.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;

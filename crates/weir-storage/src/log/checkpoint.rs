@@ -10,6 +10,8 @@
 //! ```
 //!
 //! The body is JSON (stream metadata must stay readable across versions).
+//! It also carries each stream's compaction redirects and the segments
+//! compacted but not yet removed (see [`super::compact`]).
 //! The newest checkpoint that parses and matches its CRC wins; a damaged one
 //! falls back to the previous, then to a full replay. Two are kept.
 

@@ -54,6 +54,9 @@ pub struct CompactOptions {
     /// Segments compacted per run at most (bounds the work after one
     /// checkpoint; the rest waits for the next run).
     pub max_segments_per_run: usize,
+    /// Segments read to learn their per-stream usage per run at most (the
+    /// first runs after a start read the old log once; this spreads it).
+    pub max_scans_per_run: usize,
 }
 
 impl Default for CompactOptions {
@@ -61,6 +64,7 @@ impl Default for CompactOptions {
         CompactOptions {
             max_live_ratio: 0.5,
             max_segments_per_run: 8,
+            max_scans_per_run: 64,
         }
     }
 }
@@ -161,12 +165,17 @@ fn run_blocking(
     let current = engine.current_segment();
     let compacted: Vec<u64> = backend.compacted.lock().keys().copied().collect();
     let mut candidates = Vec::new();
+    let mut scans = 0;
     for &seg in &present {
         if (seg + 1) * size > older || seg >= current || compacted.contains(&seg) {
             continue;
         }
         let known = backend.usage.lock().contains_key(&seg);
         if !known {
+            if scans >= opts.max_scans_per_run {
+                continue;
+            }
+            scans += 1;
             match scan_usage(&engine, seg) {
                 Ok(usage) => {
                     backend.usage.lock().insert(seg, usage);

@@ -35,6 +35,7 @@ pub mod problem;
 pub mod ratelimit;
 pub mod request_id;
 pub mod secret;
+#[cfg(feature = "http")]
 pub mod stack;
 pub mod store;
 pub mod telemetry;

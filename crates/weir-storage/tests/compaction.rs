@@ -313,6 +313,7 @@ async fn compaction_reclaims_dead_segments_and_keeps_every_live_byte() {
         later.segments_removed >= first.segments_compacted,
         "{later:?}"
     );
+    assert_eq!(s.backend().reclaimed_bytes(), later.bytes_reclaimed);
     let want = expected(&s).await;
     check(&s, &want, "after removal").await;
     let (after, segs_after) = segments(&dir);

@@ -293,6 +293,12 @@ impl LogBackend {
         self.engine.get()
     }
 
+    /// Bytes compaction has given back (segment files removed) since the
+    /// log opened, for metrics.
+    pub fn reclaimed_bytes(&self) -> u64 {
+        self.engine.get().map_or(0, |e| e.reclaimed_bytes())
+    }
+
     /// Submits a relocate record for a run of `index`'s stream and points
     /// the index at it, under the index lock (so an append racing with it
     /// chains to whichever of the two the index shows). `first_prev` is the

@@ -543,6 +543,16 @@ impl<B: Backend> Table<B> {
     /// submitted LSN); the caller writes the checkpoint once that position
     /// is durable.
     pub fn snapshot<M>(&self, mark: impl FnOnce() -> M) -> (TableSnapshot<B::Index>, M) {
+        self.snapshot_with(|_| mark())
+    }
+
+    /// [`Table::snapshot`] whose `mark` also sees the captured streams, so
+    /// a backend can copy their indexes while submissions are paused (an
+    /// index read later could include operations after the mark).
+    pub fn snapshot_with<M>(
+        &self,
+        mark: impl FnOnce(&[StreamSnapshot<B::Index>]) -> M,
+    ) -> (TableSnapshot<B::Index>, M) {
         let _gate = self.gate.write();
         let reg = self.registry.read();
         let mut streams: Vec<StreamSnapshot<B::Index>> = reg
@@ -569,7 +579,7 @@ impl<B: Backend> Table<B> {
             .iter()
             .map(|(k, (v, ver))| (k.clone(), v.clone(), *ver))
             .collect();
-        let m = mark();
+        let m = mark(&streams);
         (
             TableSnapshot {
                 next_id: self.next_id.load(Ordering::Relaxed),

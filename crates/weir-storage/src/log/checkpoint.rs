@@ -73,14 +73,18 @@ pub async fn write(table: &LogStorage) -> Result<u64, StorageError> {
         .engine_handle()
         .cloned()
         .ok_or_else(|| StorageError::Unavailable("log not open".into()))?;
-    let (snap, (lsn, compacted)) = table.snapshot(|| {
+    // Indexes are copied while submissions are paused: read later, they
+    // could point at records after the checkpoint's position, which a crash
+    // may take back.
+    let (snap, (lsn, compacted, saved)) = table.snapshot_with(|streams| {
         let compacted: Vec<(u64, u64)> = backend
             .compacted
             .lock()
             .iter()
             .map(|(a, b)| (*a, *b))
             .collect();
-        (engine.submitted_lsn(), compacted)
+        let saved: Vec<SavedIndex> = streams.iter().map(|s| s.index.saved()).collect();
+        (engine.submitted_lsn(), compacted, saved)
     });
     engine
         .wait_durable(lsn)
@@ -92,17 +96,15 @@ pub async fn write(table: &LogStorage) -> Result<u64, StorageError> {
         streams: snap
             .streams
             .into_iter()
-            .map(|s| {
-                let saved = s.index.saved();
-                SavedStream {
-                    meta: s.meta,
-                    state: s.state,
-                    soft_deleted: s.soft_deleted,
-                    anchors: saved.anchors,
-                    last: saved.last,
-                    since_anchor: saved.since_anchor,
-                    redirects: saved.redirects,
-                }
+            .zip(saved)
+            .map(|(s, saved)| SavedStream {
+                meta: s.meta,
+                state: s.state,
+                soft_deleted: s.soft_deleted,
+                anchors: saved.anchors,
+                last: saved.last,
+                since_anchor: saved.since_anchor,
+                redirects: saved.redirects,
             })
             .collect(),
         kv: snap

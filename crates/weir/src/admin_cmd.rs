@@ -1,36 +1,102 @@
-//! `weir keys …` and `weir migrate …`: API keys and the production layer's
-//! schema, on the SQLite database named by `auth.api_keys.sqlite_path`.
+//! `weir keys …` and `weir migrate …`: API keys, the audit log and the
+//! production layer's schema, on SQLite (`--db`, `auth.api_keys.sqlite_path`)
+//! or PostgreSQL (`--database-url`, `auth.api_keys.database_url(_file)`).
+//! Key changes made here are written to the audit log with the actor
+//! `cli:<$USER>`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use weir_layer::auth::apikey::{ApiKeys, NewApiKey};
+use weir_layer::auth::apikey::{ApiKeyRecord, ApiKeyStore, ApiKeys, NewApiKey};
+use weir_layer::migrate::MigrationState;
+use weir_layer::secret::Secret;
+use weir_layer::store::postgres::PgStore;
 use weir_layer::store::sqlite::SqliteStore;
+use weir_layer::store::{AuditEntry, AuditLog, AuditQuery, StoreSpec, actions};
 
 use crate::config::{Config, Overrides};
 
-/// Where the database is: `--db`, else the configuration's
-/// `auth.api_keys.sqlite_path`.
+/// Where the database is: `--database-url` or `--db`, else the
+/// configuration's `[auth.api_keys]` store.
 #[derive(Args, Debug)]
 pub struct DbArgs {
     /// SQLite database file.
-    #[arg(long, env = "WEIR_DB")]
+    #[arg(long, env = "WEIR_DB", conflicts_with = "database_url")]
     pub db: Option<PathBuf>,
+    /// PostgreSQL URL, e.g. postgres://weir@127.0.0.1:5432/weir.
+    #[arg(long, env = "WEIR_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     #[command(flatten)]
     pub config: Overrides,
 }
 
+/// An opened database.
+enum Db {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
 impl DbArgs {
-    fn resolve(&self) -> anyhow::Result<(PathBuf, Config)> {
+    fn resolve(&self) -> anyhow::Result<(StoreSpec, Config)> {
         let cfg = Config::load(&self.config)?;
-        let path = self
-            .db
-            .clone()
-            .or_else(|| cfg.auth.api_keys.sqlite_path.clone())
-            .context("no database: pass --db or set auth.api_keys.sqlite_path")?;
-        Ok((path, cfg))
+        if let Some(url) = &self.database_url {
+            return Ok((StoreSpec::Postgres(Secret::new(url.clone())), cfg));
+        }
+        if let Some(path) = &self.db {
+            return Ok((StoreSpec::Sqlite(path.clone()), cfg));
+        }
+        match cfg.auth.api_keys.store_spec()? {
+            StoreSpec::Memory => bail!(
+                "no database: pass --db or --database-url, or set auth.api_keys.sqlite_path or database_url"
+            ),
+            spec => Ok((spec, cfg)),
+        }
+    }
+
+    fn open(&self) -> anyhow::Result<(Db, Config)> {
+        let (spec, cfg) = self.resolve()?;
+        let db = match spec {
+            StoreSpec::Sqlite(path) => Db::Sqlite(
+                SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?,
+            ),
+            StoreSpec::Postgres(url) => Db::Postgres(PgStore::new(url.expose())?),
+            StoreSpec::Memory => bail!("no database"),
+        };
+        Ok((db, cfg))
+    }
+}
+
+impl Db {
+    async fn up(&self, to: Option<u32>) -> anyhow::Result<Vec<u32>> {
+        Ok(match self {
+            Db::Sqlite(s) => s.migrate_up(to)?,
+            Db::Postgres(p) => p.migrate_up(to).await?,
+        })
+    }
+
+    async fn down(&self, to: u32) -> anyhow::Result<Vec<u32>> {
+        Ok(match self {
+            Db::Sqlite(s) => s.migrate_down(to)?,
+            Db::Postgres(p) => p.migrate_down(to).await?,
+        })
+    }
+
+    async fn status(&self) -> anyhow::Result<Vec<MigrationState>> {
+        Ok(match self {
+            Db::Sqlite(s) => s.migrate_status()?,
+            Db::Postgres(p) => p.migrate_status().await?,
+        })
+    }
+
+    /// The key store and audit log, migrated to the latest version.
+    async fn stores(self) -> anyhow::Result<(Arc<dyn ApiKeyStore>, Arc<dyn AuditLog>)> {
+        self.up(None).await.context("migrating the database")?;
+        Ok(match self {
+            Db::Sqlite(s) => (Arc::new(s.clone()), Arc::new(s)),
+            Db::Postgres(p) => (Arc::new(p.clone()), Arc::new(p)),
+        })
     }
 }
 
@@ -90,6 +156,21 @@ pub enum KeysCmd {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Show the audit log of admin actions, newest first (one JSON object a line).
+    Audit {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 pub fn migrate(cmd: MigrateCmd) -> anyhow::Result<()> {
@@ -98,47 +179,68 @@ pub fn migrate(cmd: MigrateCmd) -> anyhow::Result<()> {
         MigrateCmd::Down { to, db } => (db, Some(*to), false, true),
         MigrateCmd::Status { db } => (db, None, true, false),
     };
-    let (path, _) = db.resolve()?;
-    let store = SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    if !status_only {
-        let changed = if down {
-            store.migrate_down(target.unwrap_or(0))?
-        } else {
-            store.migrate_up(target)?
-        };
-        println!(
-            "{} {:?}",
-            if down { "rolled back" } else { "applied" },
-            changed
-        );
-    }
-    for m in store.migrate_status()? {
-        let state = match m.applied_at {
-            Some(t) => format!("applied at {t}"),
-            None => "pending".to_owned(),
-        };
-        println!("{:>4}  {:<40} {state}", m.version, m.name);
-    }
-    Ok(())
+    let (store, _) = db.open()?;
+    runtime()?.block_on(async move {
+        if !status_only {
+            let changed = if down {
+                store.down(target.unwrap_or(0)).await?
+            } else {
+                store.up(target).await?
+            };
+            println!(
+                "{} {:?}",
+                if down { "rolled back" } else { "applied" },
+                changed
+            );
+        }
+        for m in store.status().await? {
+            let state = match m.applied_at {
+                Some(t) => format!("applied at {t}"),
+                None => "pending".to_owned(),
+            };
+            println!("{:>4}  {:<40} {state}", m.version, m.name);
+        }
+        Ok(())
+    })
+}
+
+/// The CLI's audit actor: `cli:<$USER>`.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+fn audit_entry(action: &str, rec: &ApiKeyRecord) -> AuditEntry {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut e = AuditEntry::new(at_ms, actor(), action, rec.id.clone());
+    e.tenant.clone_from(&rec.tenant);
+    e.detail = serde_json::json!({
+        "via": "cli",
+        "subject": rec.subject,
+        "name": rec.name,
+        "roles": rec.roles,
+        "scopes": rec.scopes,
+        "expires_at": rec.expires_at,
+    });
+    e
 }
 
 pub fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let db = match &cmd {
-            KeysCmd::Create { db, .. } | KeysCmd::Revoke { db, .. } | KeysCmd::List { db, .. } => {
-                db
-            }
-        };
-        let (path, cfg) = db.resolve()?;
-        let store = Arc::new(
-            SqliteStore::open_migrated(&path)
-                .with_context(|| format!("opening {}", path.display()))?,
-        );
+    let db = match &cmd {
+        KeysCmd::Create { db, .. }
+        | KeysCmd::Revoke { db, .. }
+        | KeysCmd::List { db, .. }
+        | KeysCmd::Audit { db, .. } => db,
+    };
+    let (store, cfg) = db.open()?;
+    runtime()?.block_on(async move {
+        let (store, audit) = store.stores().await?;
         let keys = ApiKeys::new(
-            store,
+            store.clone(),
             cfg.auth.api_keys.clone(),
             Arc::new(cfg.authz.table()),
             weir_layer::clock::system(),
@@ -163,14 +265,27 @@ pub fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
                         expires_at,
                     })
                     .await?;
+                if let Err(e) = audit
+                    .record(&audit_entry(actions::API_KEY_CREATED, &created.record))
+                    .await
+                {
+                    // An unaudited key must not stay usable.
+                    keys.revoke(&created.record.id).await?;
+                    bail!("could not write the audit log ({e}); the key was revoked again");
+                }
                 println!("id:    {}", created.record.id);
                 println!("token: {}", created.token.expose());
                 eprintln!("the token is shown once; only its hash is stored");
             }
             KeysCmd::Revoke { id, .. } => {
-                if !keys.revoke(&id).await? {
+                let Some(rec) = store.get(&id).await? else {
                     bail!("no key with id {id}");
-                }
+                };
+                keys.revoke(&id).await?;
+                audit
+                    .record(&audit_entry(actions::API_KEY_REVOKED, &rec))
+                    .await
+                    .context("the key is revoked, but the audit log could not be written")?;
                 println!("revoked {id}");
             }
             KeysCmd::List { tenant, .. } => {
@@ -188,6 +303,18 @@ pub fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
                         k.roles.join(","),
                         k.name
                     );
+                }
+            }
+            KeysCmd::Audit { tenant, limit, .. } => {
+                let entries = audit
+                    .entries(&AuditQuery {
+                        tenant,
+                        before: None,
+                        limit,
+                    })
+                    .await?;
+                for e in entries {
+                    println!("{}", serde_json::to_string(&e)?);
                 }
             }
         }

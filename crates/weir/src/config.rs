@@ -63,6 +63,8 @@ pub struct Config {
     pub rate_limit: weir_layer::ratelimit::RateLimitConfig,
     /// `[telemetry]`: OpenTelemetry trace export over OTLP/HTTP.
     pub telemetry: weir_layer::telemetry::TelemetryConfig,
+    /// `[admin]`: the admin listener (admin API, `/metrics`).
+    pub admin: weir_layer::admin::AdminConfig,
 }
 
 /// `[server]`: the HTTP listener and protocol settings.
@@ -155,6 +157,7 @@ impl Default for Config {
             authz: Default::default(),
             rate_limit: Default::default(),
             telemetry: Default::default(),
+            admin: Default::default(),
         }
     }
 }
@@ -319,6 +322,13 @@ impl Config {
         self.telemetry
             .validate()
             .context("invalid [telemetry] configuration")?;
+        if let Some(t) = &self.admin.operator_tenant {
+            weir_layer::authz::validate_tenant(t).context("admin.operator_tenant")?;
+        }
+        self.auth
+            .api_keys
+            .store_spec()
+            .context("invalid [auth.api_keys] store")?;
         weir_layer::Production::build(&self.layer(), None, weir_layer::clock::system())
             .context("invalid [auth], [authz] or [rate_limit] configuration")?;
         Ok(())

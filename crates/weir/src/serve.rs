@@ -130,17 +130,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let layer_cfg = cfg.layer();
-    let key_store = if layer_cfg.auth.api_keys.enabled {
+    // The layer's store (API keys, audit log): opened and migrated when
+    // keys are on or the admin listener records actions.
+    let stores = if layer_cfg.auth.api_keys.enabled || cfg.admin.listen.is_some() {
         Some(
-            layer_cfg
-                .auth
-                .api_keys
-                .open_store()
-                .context("opening the API key store")?,
+            weir_layer::store::open(&layer_cfg.auth.api_keys)
+                .await
+                .context("opening the layer's store (API keys, audit log)")?,
         )
     } else {
         None
     };
+    let key_store = stores.as_ref().map(|s| s.keys.clone());
     let layer = weir_layer::Production::build(&layer_cfg, key_store, weir_layer::clock::system())
         .context("building the production layer")?;
     let mut server_cfg = server_config(&cfg);
@@ -150,7 +151,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let state = AppState::new(storage.clone(), server_cfg);
     let state = if cfg.server.production_layer {
-        state.with_layer(layer)
+        state.with_layer(layer.clone())
     } else {
         tracing::warn!("the production layer is off: no authentication, rate limits or metrics");
         state
@@ -176,6 +177,27 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     // The one line on stdout: scripts and tests parse it to find the port.
     println!("listening on {scheme}://{local}");
+    let admin_task = match (cfg.admin.listen, &stores) {
+        (Some(addr), Some(stores)) => {
+            let admin = Arc::new(weir_layer::admin::Admin::new(
+                layer.authenticator.clone(),
+                stores.audit.clone(),
+                &cfg.admin,
+                weir_layer::clock::system(),
+            ));
+            let (local, task) = weir_layer::admin::spawn(addr, admin, &layer)
+                .await
+                .with_context(|| format!("binding the admin listener {addr}"))?;
+            // A second line, only with `admin.listen`; a reader that has
+            // stopped reading after the first one must not stop the server.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stdout(),
+                format_args!("admin listening on http://{local}\n"),
+            );
+            Some(task)
+        }
+        _ => None,
+    };
     tracing::info!(%local, storage = ?cfg.storage.backend, profile = ?cfg.profile, "weir serving");
 
     let transport = TransportConfig {
@@ -194,6 +216,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         state.begin_shutdown();
     };
     weir_server::transport::serve(listener, app, transport, shutdown).await?;
+    if let Some(t) = admin_task {
+        t.abort();
+    }
     if let Some(log) = &log_store {
         // A checkpoint at shutdown makes the next start instant.
         match weir_storage::log::checkpoint::write(log).await {

@@ -428,3 +428,157 @@ impl AuditLog for PgStore {
             .collect()
     }
 }
+
+/// Throwaway databases for tests that need a real PostgreSQL (this crate's,
+/// the binary's, later the chat backend's).
+pub mod testing {
+    use super::*;
+
+    /// The server tests use: `WEIR_PG_URL` (scripts/test sets it), default
+    /// `postgres://postgres@127.0.0.1:5432/postgres` (trust auth).
+    pub fn server_url() -> String {
+        std::env::var("WEIR_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    /// `url` with its database replaced by `dbname` (URL or `key=value` form).
+    pub fn with_dbname(url: &str, dbname: &str) -> String {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return format!("{url} dbname={dbname}");
+        };
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let host = rest.split_once('/').map_or(rest, |(h, _)| h);
+        match query {
+            Some(q) => format!("{scheme}://{host}/{dbname}?{q}"),
+            None => format!("{scheme}://{host}/{dbname}"),
+        }
+    }
+
+    /// A uniquely named database, dropped (with `FORCE`) when this value is.
+    #[derive(Debug)]
+    pub struct TestDatabase {
+        name: String,
+        url: String,
+    }
+
+    /// PostgreSQL could not be reached or refused the database.
+    #[derive(Debug, thiserror::Error)]
+    #[error(
+        "PostgreSQL at {url}: {message} (start it, or set WEIR_PG_URL; scripts/test does both)"
+    )]
+    pub struct Unreachable {
+        pub url: String,
+        pub message: String,
+    }
+
+    async fn admin_client(url: &str) -> Result<Client, Unreachable> {
+        let fail = |e: tokio_postgres::Error| Unreachable {
+            url: url.to_owned(),
+            message: describe(&e),
+        };
+        let mut cfg: Config = url.parse().map_err(fail)?;
+        cfg.connect_timeout(Duration::from_secs(5));
+        let (client, conn) = cfg.connect(NoTls).await.map_err(fail)?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    impl TestDatabase {
+        /// Creates `weir_test_{tag}_{pid}_{random}` on [`server_url`].
+        pub async fn create(tag: &str) -> Result<TestDatabase, Unreachable> {
+            let server = server_url();
+            let name = format!(
+                "weir_test_{tag}_{}_{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            );
+            admin_client(&server)
+                .await?
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .map_err(|e| Unreachable {
+                    url: server.clone(),
+                    message: describe(&e),
+                })?;
+            let url = with_dbname(&server, &name);
+            Ok(TestDatabase { name, url })
+        }
+
+        /// The database's URL (no password unless `WEIR_PG_URL` has one).
+        pub fn url(&self) -> &str {
+            &self.url
+        }
+
+        pub fn name(&self) -> &str {
+            &self.name
+        }
+
+        /// A store on this database (not migrated).
+        pub fn store(&self) -> PgStore {
+            // The URL was derived from one that parsed.
+            PgStore::new(&self.url).unwrap_or_else(|_| {
+                let mut c = Config::new();
+                c.dbname(&self.name);
+                PgStore::with_config(c)
+            })
+        }
+
+        /// A plain connection to this database (for assertions on the schema).
+        pub async fn connect(&self) -> Result<Client, Unreachable> {
+            admin_client(&self.url).await
+        }
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            let name = self.name.clone();
+            let server = server_url();
+            // Drop can't await: a short-lived runtime on a thread of its own.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    match admin_client(&server).await {
+                        Ok(c) => {
+                            if let Err(e) = c
+                                .batch_execute(&format!(
+                                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                                ))
+                                .await
+                            {
+                                tracing::warn!(error = %describe(&e), %name, "could not drop the test database");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not drop the test database"),
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn dbname_is_replaced() {
+            assert_eq!(
+                with_dbname("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+                "postgres://postgres@127.0.0.1:5432/x"
+            );
+            assert_eq!(
+                with_dbname("postgresql://u:p@h?connect_timeout=2", "x"),
+                "postgresql://u:p@h/x?connect_timeout=2"
+            );
+            assert_eq!(with_dbname("host=h user=u", "x"), "host=h user=u dbname=x");
+        }
+    }
+}

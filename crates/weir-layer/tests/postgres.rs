@@ -329,5 +329,11 @@ async fn unreachable_database_is_a_clear_error() {
     let s = PgStore::new("postgres://postgres@127.0.0.1:1/postgres?connect_timeout=2").unwrap();
     let err = s.get("0123456789abcdef").await.unwrap_err().to_string();
     assert!(err.contains("key store failure"), "{err}");
+    // Within the retry interval, calls fail at once instead of each waiting
+    // for a connect of its own.
+    let t = std::time::Instant::now();
+    let again = s.get("0123456789abcdef").await.unwrap_err().to_string();
+    assert!(again.contains("PostgreSQL unavailable"), "{again}");
+    assert!(t.elapsed() < Duration::from_millis(200));
     assert!(PgStore::new("postgres://h:notaport/db").is_err());
 }

@@ -6,15 +6,18 @@
 //! (key lookups are cached per node for `cache_ttl_ms`, `last_used_at`
 //! writes are throttled, admin actions are rare), so a pool would buy
 //! nothing but a dependency. The connection is opened on first use and
-//! re-opened after it breaks. Migrations run on a connection of their own,
+//! re-opened after it breaks; after a failed connect, calls fail at once
+//! for a second (no pile-up of connect timeouts while the database is
+//! down), and a query that takes over 5 s fails and drops the connection. Migrations run on a connection of their own,
 //! because they use explicit transactions, under a session advisory lock so
 //! two nodes starting at once do not both apply a step.
 //!
 //! No TLS: the database is expected on localhost or a private network
 //! (`sslmode=require` in the URL is refused by the connector).
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
@@ -30,8 +33,22 @@ const MIGRATION_LOCK: i64 = 0x7765_6972;
 #[derive(Clone)]
 pub struct PgStore {
     config: Arc<Config>,
-    client: Arc<tokio::sync::Mutex<Option<Arc<Client>>>>,
+    conn: Arc<tokio::sync::Mutex<Conn>>,
 }
+
+/// The shared connection and, after a failed connect, when and why.
+#[derive(Default)]
+struct Conn {
+    client: Option<Arc<Client>>,
+    failed: Option<(Instant, String)>,
+}
+
+/// After a failed connect, calls fail at once for this long instead of
+/// each waiting for a connect timeout of its own.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait for one query; past it the connection is dropped and
+/// re-opened by the next call.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,7 +111,7 @@ impl PgStore {
         }
         PgStore {
             config: Arc::new(config),
-            client: Arc::new(tokio::sync::Mutex::new(None)),
+            conn: Arc::new(tokio::sync::Mutex::new(Conn::default())),
         }
     }
 
@@ -115,13 +132,53 @@ impl PgStore {
 
     /// The shared connection, (re)opened if needed.
     async fn client(&self) -> Result<Arc<Client>, StoreError> {
-        let mut slot = self.client.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.client.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let c = Arc::new(self.connect().await.map_err(backend)?);
-        *slot = Some(c.clone());
-        Ok(c)
+        if let Some((at, why)) = &slot.failed
+            && at.elapsed() < RETRY_AFTER
+        {
+            return Err(StoreError::Backend(format!(
+                "PostgreSQL unavailable: {why}"
+            )));
+        }
+        match self.connect().await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *slot = Conn {
+                    client: Some(c.clone()),
+                    failed: None,
+                };
+                Ok(c)
+            }
+            Err(e) => {
+                let why = describe(&e);
+                tracing::warn!(error = %why, "cannot connect to PostgreSQL");
+                *slot = Conn {
+                    client: None,
+                    failed: Some((Instant::now(), why.clone())),
+                };
+                Err(StoreError::Backend(why))
+            }
+        }
+    }
+
+    /// Runs one store call with [`QUERY_TIMEOUT`]; a call that times out
+    /// drops the shared connection (it may be stuck) for the next to re-open.
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(QUERY_TIMEOUT, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.conn.lock().await.client = None;
+                Err(StoreError::Backend(format!(
+                    "PostgreSQL did not answer within {QUERY_TIMEOUT:?}"
+                )))
+            }
+        }
     }
 
     /// Checks that the database answers (for readiness probes).
@@ -277,92 +334,107 @@ fn row_to_record(r: &Row) -> Result<ApiKeyRecord, tokio_postgres::Error> {
 #[async_trait::async_trait]
 impl ApiKeyStore for PgStore {
     async fn insert(&self, rec: &ApiKeyRecord) -> Result<(), StoreError> {
-        let roles =
-            serde_json::to_string(&rec.roles).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let scopes =
-            serde_json::to_string(&rec.scopes).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let opt = |v: Option<u64>| v.map(i64_of);
-        self.client()
-            .await?
-            .execute(
-                &format!("INSERT INTO weir_api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
-                &[
-                    &rec.id,
-                    &rec.tenant,
-                    &rec.subject,
-                    &rec.name,
-                    &roles,
-                    &scopes,
-                    &rec.secret_hash,
-                    &i64_of(rec.created_at),
-                    &opt(rec.expires_at),
-                    &opt(rec.last_used_at),
-                    &opt(rec.revoked_at),
-                ],
-            )
-            .await
-            .map_err(|e| {
-                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                    StoreError::Duplicate
-                } else {
-                    backend(e)
-                }
-            })?;
-        Ok(())
+        self.timed(async {
+            let roles =
+                serde_json::to_string(&rec.roles).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let scopes =
+                serde_json::to_string(&rec.scopes).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let opt = |v: Option<u64>| v.map(i64_of);
+            self.client()
+                .await?
+                .execute(
+                    &format!("INSERT INTO weir_api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+                    &[
+                        &rec.id,
+                        &rec.tenant,
+                        &rec.subject,
+                        &rec.name,
+                        &roles,
+                        &scopes,
+                        &rec.secret_hash,
+                        &i64_of(rec.created_at),
+                        &opt(rec.expires_at),
+                        &opt(rec.last_used_at),
+                        &opt(rec.revoked_at),
+                    ],
+                )
+                .await
+                .map_err(|e| {
+                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                        StoreError::Duplicate
+                    } else {
+                        backend(e)
+                    }
+                })?;
+            Ok(())
+        })
+        .await
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM weir_api_keys WHERE id = $1"),
-                &[&id],
-            )
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(row_to_record).transpose().map_err(backend)
+        self.timed(async {
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    &format!("SELECT {COLUMNS} FROM weir_api_keys WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .map_err(backend)?;
+            row.as_ref().map(row_to_record).transpose().map_err(backend)
+        })
+        .await
     }
 
     async fn list(&self, tenant: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM weir_api_keys WHERE $1::TEXT IS NULL OR tenant = $1 ORDER BY created_at DESC, id"
-                ),
-                &[&tenant],
-            )
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(|r| row_to_record(r).map_err(backend))
-            .collect()
+        self.timed(async {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM weir_api_keys WHERE $1::TEXT IS NULL OR tenant = $1 ORDER BY created_at DESC, id"
+                    ),
+                    &[&tenant],
+                )
+                .await
+                .map_err(backend)?;
+            rows.iter()
+                .map(|r| row_to_record(r).map_err(backend))
+                .collect()
+        })
+        .await
     }
 
     async fn revoke(&self, id: &str, at: u64) -> Result<bool, StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE weir_api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
-                &[&id, &i64_of(at)],
-            )
-            .await
-            .map(|n| n > 0)
-            .map_err(backend)
+        self.timed(async {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE weir_api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+                    &[&id, &i64_of(at)],
+                )
+                .await
+                .map(|n| n > 0)
+                .map_err(backend)
+        })
+        .await
     }
 
     async fn touch(&self, id: &str, at: u64) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE weir_api_keys SET last_used_at = $2 WHERE id = $1",
-                &[&id, &i64_of(at)],
-            )
-            .await
-            .map(|_| ())
-            .map_err(backend)
+        self.timed(async {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE weir_api_keys SET last_used_at = $2 WHERE id = $1",
+                    &[&id, &i64_of(at)],
+                )
+                .await
+                .map(|_| ())
+                .map_err(backend)
+        })
+        .await
     }
 }
 
@@ -387,45 +459,51 @@ fn row_to_audit(r: &Row) -> Result<AuditEntry, tokio_postgres::Error> {
 #[async_trait::async_trait]
 impl AuditLog for PgStore {
     async fn record(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                &format!("INSERT INTO weir_audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
-                &[
-                    &e.id,
-                    &i64_of(e.at_ms),
-                    &e.actor,
-                    &e.actor_tenant,
-                    &e.action,
-                    &e.target,
-                    &e.tenant,
-                    &e.request_id,
-                    &e.detail.to_string(),
-                ],
-            )
-            .await
-            .map(|_| ())
-            .map_err(backend)
+        self.timed(async {
+            self.client()
+                .await?
+                .execute(
+                    &format!("INSERT INTO weir_audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
+                    &[
+                        &e.id,
+                        &i64_of(e.at_ms),
+                        &e.actor,
+                        &e.actor_tenant,
+                        &e.action,
+                        &e.target,
+                        &e.tenant,
+                        &e.request_id,
+                        &e.detail.to_string(),
+                    ],
+                )
+                .await
+                .map(|_| ())
+                .map_err(backend)
+        })
+        .await
     }
 
     async fn entries(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "SELECT {AUDIT_COLUMNS} FROM weir_audit
-                     WHERE ($1::TEXT IS NULL OR tenant = $1) AND ($2::TEXT IS NULL OR id COLLATE \"C\" < $2)
-                     ORDER BY id COLLATE \"C\" DESC LIMIT $3"
-                ),
-                &[&q.tenant, &q.before, &limit],
-            )
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(|r| row_to_audit(r).map_err(backend))
-            .collect()
+        self.timed(async {
+            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    &format!(
+                        "SELECT {AUDIT_COLUMNS} FROM weir_audit
+                         WHERE ($1::TEXT IS NULL OR tenant = $1) AND ($2::TEXT IS NULL OR id COLLATE \"C\" < $2)
+                         ORDER BY id COLLATE \"C\" DESC LIMIT $3"
+                    ),
+                    &[&q.tenant, &q.before, &limit],
+                )
+                .await
+                .map_err(backend)?;
+            rows.iter()
+                .map(|r| row_to_audit(r).map_err(backend))
+                .collect()
+        })
+        .await
     }
 }
 

@@ -445,4 +445,42 @@ mod tests {
         let again = SqliteStore::open_migrated(dir.path().join("k.db")).unwrap();
         assert!(again.get(&rec.id).await.unwrap().is_some());
     }
+
+    #[tokio::test]
+    async fn audit_round_trip() {
+        use crate::store::actions;
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.migrate_up(None).unwrap();
+        for i in 0..4u64 {
+            let mut e =
+                AuditEntry::new(2000 + i, "root", actions::API_KEY_REVOKED, format!("k{i}"));
+            e.tenant = if i % 2 == 0 { "a" } else { "b" }.into();
+            e.detail = serde_json::json!({ "i": i });
+            s.record(&e).await.unwrap();
+        }
+        let page = s
+            .entries(&AuditQuery {
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+            ["k3", "k2", "k1"]
+        );
+        assert_eq!(page[0].detail, serde_json::json!({ "i": 3 }));
+        let rest = s
+            .entries(&AuditQuery {
+                limit: 3,
+                before: Some(page[0].id.clone()),
+                tenant: Some("a".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            rest.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+            ["k2", "k0"]
+        );
+    }
 }

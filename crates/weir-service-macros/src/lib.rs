@@ -9,7 +9,8 @@
 //! }
 //! ```
 //!
-//! Exported methods are the `async fn`s taking `(&self, ctx, request)` and
+//! `events(Placed = "orders.placed", …)` in the attribute adds event types
+//! to the contract. Exported methods are the `async fn`s taking `(&self, ctx, request)` and
 //! returning `Result<Response, Problem>`; `#[weir(skip)]` keeps one out.
 
 use proc_macro::TokenStream;
@@ -70,9 +71,23 @@ fn expand(
 ) -> syn::Result<proc_macro2::TokenStream> {
     let args = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     let (mut name, mut version, mut description) = (None, None, String::new());
+    let mut events: Vec<(syn::Path, String)> = Vec::new();
     for a in &args {
+        if let Meta::List(l) = a
+            && l.path.is_ident("events")
+        {
+            let pairs = Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated
+                .parse2(l.tokens.clone())?;
+            for p in pairs {
+                events.push((p.path.clone(), lit_str(&p.value)?));
+            }
+            continue;
+        }
         let Meta::NameValue(nv) = a else {
-            return Err(syn::Error::new_spanned(a, "expected `key = \"value\"`"));
+            return Err(syn::Error::new_spanned(
+                a,
+                "expected `key = \"value\"` or `events(Type = \"subject\")`",
+            ));
         };
         let v = lit_str(&nv.value)?;
         if nv.path.is_ident("name") {
@@ -162,6 +177,9 @@ fn expand(
         let (n, req, resp, idem) = (m.name.to_string(), &m.req, &m.resp, m.idempotent);
         quote! { .method::<#req, #resp>(#n, #idem) }
     });
+    let contract_events = events.iter().map(|(ty, subject)| {
+        quote! { .event::<#ty>(#subject) }
+    });
     let mounts = methods.iter().map(|m| {
         let (ident, n, req, resp) = (&m.name, m.name.to_string(), &m.req, &m.resp);
         quote! {
@@ -209,7 +227,7 @@ fn expand(
             const DESCRIPTION: &'static str = #description;
 
             fn contract() -> ::weir_service::Contract {
-                ::weir_service::Contract::new(#name, #version) #(#contract_methods)*
+                ::weir_service::Contract::new(#name, #version) #(#contract_methods)* #(#contract_events)*
             }
 
             fn mount(

@@ -23,6 +23,8 @@ use crate::middleware::{BoxHandler, Reply, Request};
 pub const META_VERSION: &str = "weir.contract.version";
 /// Service metadata key: hash of the whole contract.
 pub const META_HASH: &str = "weir.contract.hash";
+/// Service metadata key: `{subject: schema}` of the events the service publishes.
+pub const META_EVENTS: &str = "weir.events";
 /// Endpoint metadata keys: request and response JSON Schemas.
 pub const META_REQUEST: &str = "weir.schema.request";
 pub const META_RESPONSE: &str = "weir.schema.response";

@@ -233,6 +233,17 @@ impl ServiceBuilder {
             .insert(crate::contract::META_VERSION.into(), c.version.clone());
         self.metadata
             .insert(crate::contract::META_HASH.into(), c.hash());
+        if !c.events.is_empty() {
+            let events: serde_json::Map<String, serde_json::Value> = c
+                .events
+                .iter()
+                .map(|e| (e.subject.clone(), e.schema.clone()))
+                .collect();
+            self.metadata.insert(
+                crate::contract::META_EVENTS.into(),
+                serde_json::Value::Object(events).to_string(),
+            );
+        }
         self.contract = Some(c);
         self
     }

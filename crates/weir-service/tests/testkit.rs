@@ -50,7 +50,7 @@ pub struct Checkout {
     events: Client,
 }
 
-#[weir_service::service(name = "checkout", version = "1.0.0")]
+#[weir_service::service(name = "checkout", version = "1.0.0", events(Placed = "orders.placed"))]
 impl Checkout {
     async fn place(&self, ctx: Ctx, order: Order) -> Result<Placed, Problem> {
         let q = self
@@ -114,6 +114,14 @@ async fn service_with_mocked_dependency_and_caught_events() {
     let h = events[0].headers.as_ref().unwrap();
     assert_eq!(h.get("Weir-Correlation-Id").unwrap().as_str(), "order-1");
     assert_eq!(catcher.json::<Placed>(), vec![Placed { total_cents: 750 }]);
+    // The event's schema is part of the published contract.
+    assert_eq!(Checkout::contract().events[0].subject, "orders.placed");
+    let info = weir_service::Discovery::new(bus.clone())
+        .info_one("checkout")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(info.metadata["weir.events"].contains("total_cents"));
 }
 
 #[tokio::test(start_paused = true)]

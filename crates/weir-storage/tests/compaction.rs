@@ -314,6 +314,17 @@ async fn compaction_reclaims_dead_segments_and_keeps_every_live_byte() {
         "{later:?}"
     );
     assert_eq!(s.backend().reclaimed_bytes(), later.bytes_reclaimed);
+    // Redirects stay few: those inside a compacted segment are dropped
+    // once its marker is written.
+    for n in ["k0", "k1", "j0"] {
+        let id = s.head(&name(n)).await.unwrap().id;
+        let (anchors, redirects) = s.index_of(id).unwrap().index_sizes();
+        eprintln!("{n}: {anchors} anchors, {redirects} redirects");
+        assert!(
+            redirects <= anchors,
+            "{n}: {redirects} redirects for {anchors} anchors"
+        );
+    }
     let want = expected(&s).await;
     check(&s, &want, "after removal").await;
     let (after, segs_after) = segments(&dir);

@@ -135,6 +135,11 @@ impl LogIndex {
         self.inner.lock().redirects.contains_key(&old_last)
     }
 
+    /// Drops a redirect nothing points through any more (compaction).
+    pub(crate) fn forget_redirect(&self, old: u64) {
+        self.inner.lock().redirects.remove(&old);
+    }
+
     /// Follows redirects from `lsn` to where the record lives now.
     pub(crate) fn resolve(&self, lsn: u64) -> u64 {
         self.inner.lock().resolve(lsn)
@@ -307,15 +312,14 @@ impl LogBackend {
         &self,
         index: &LogIndex,
         r: &codec::Relocate,
-        first_prev: u64,
     ) -> Result<(u64, tokio::sync::oneshot::Receiver<Result<(), LogError>>), StorageError> {
         let engine = self.engine()?;
         let payload = codec::encode_relocate(r);
         let mut inner = index.inner.lock();
-        let prev = if first_prev == NO_PREV {
+        let prev = if r.first_prev == NO_PREV {
             NO_PREV
         } else {
-            inner.resolve(first_prev)
+            inner.resolve(r.first_prev)
         };
         let (lsn, rx) = engine
             .submit(codec::kind::RELOCATE, r.id, prev, &payload)
@@ -564,6 +568,11 @@ pub fn open_with(
         None => (Table::with_backend(backend.clone(), opts.limits.clone()), 0),
     };
     let mut replay_error = None;
+    // Redirects compaction dropped once a segment's marker was written are
+    // dropped again when the marker is replayed (same rule as
+    // `compact::relocate_segment`): segment → (index, redirect).
+    let size = super::engine::segment_size_of(&*fs).unwrap_or(opts.engine.segment_size);
+    let mut prunable: BTreeMap<u64, Vec<(Arc<LogIndex>, u64)>> = BTreeMap::new();
     let (engine, report) = Engine::open(fs, opts.engine.clone(), from, |rec| {
         if replay_error.is_some() {
             return;
@@ -578,10 +587,19 @@ pub fn open_with(
                 // A stream deleted since keeps nothing to relocate.
                 if let Some(idx) = table.index_of(r.id) {
                     idx.inner.lock().relocated(r.start, r.old_last, rec.lsn);
+                    let (seg, prev_seg) = (r.old_last / size, r.first_prev / size);
+                    if r.first_prev != NO_PREV
+                        && (prev_seg == seg || backend.compacted.lock().contains_key(&prev_seg))
+                    {
+                        prunable.entry(seg).or_default().push((idx, r.first_prev));
+                    }
                 }
             }
             Ok(codec::Record::Compacted(seg)) => {
                 backend.compacted.lock().insert(seg, rec.lsn);
+                for (idx, old) in prunable.remove(&seg).unwrap_or_default() {
+                    idx.forget_redirect(old);
+                }
             }
             Err(e) => replay_error = Some(format!("record at {}: {e}", rec.lsn)),
         }

@@ -13,7 +13,7 @@
 //! kind 4  KvPut     := str16 key, u64 version, bytes32 value
 //! kind 5  KvDelete  := str16 key
 //! kind 6  Relocate  := u64 id, u64 start, u8 json, u64 old_last_lsn,
-//!                      u32 n, n × bytes32 entry
+//!                      u64 first_prev_lsn, u32 n, n × bytes32 entry
 //! kind 7  Compacted := u64 segment
 //! commit  := u8 flags (1 close, 2 producer, 4 closed_by, 8 stream_seq),
 //!            [str16 producer_id, u64 epoch, u64 last_seq],
@@ -48,13 +48,15 @@ pub mod kind {
 
 /// A relocate record: a run of one stream's data, copied by compaction
 /// from an older segment. `old_last` is the position of the run's last
-/// original record, which the stream's next record points back at.
+/// original record, which the stream's next record points back at;
+/// `first_prev` the back pointer of its first original record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Relocate {
     pub id: u64,
     pub start: u64,
     pub json: bool,
     pub old_last: u64,
+    pub first_prev: u64,
     pub entries: Vec<Bytes>,
 }
 
@@ -67,6 +69,7 @@ pub fn encode_relocate(r: &Relocate) -> Bytes {
     b.put_u64_le(r.start);
     b.put_u8(u8::from(r.json));
     b.put_u64_le(r.old_last);
+    b.put_u64_le(r.first_prev);
     b.put_u32_le(u32::try_from(r.entries.len()).unwrap_or(u32::MAX));
     for e in &r.entries {
         put_bytes32(&mut b, e);
@@ -86,6 +89,7 @@ pub fn decode_relocate(payload: &Bytes) -> Result<Relocate, DecodeError> {
     let start = r.u64()?;
     let json = r.u8()? != 0;
     let old_last = r.u64()?;
+    let first_prev = r.u64()?;
     r.need(4)?;
     let n = r.buf.get_u32_le() as usize;
     if n > r.buf.remaining() / 4 + 1 {
@@ -103,6 +107,7 @@ pub fn decode_relocate(payload: &Bytes) -> Result<Relocate, DecodeError> {
         start,
         json,
         old_last,
+        first_prev,
         entries,
     })
 }
@@ -468,8 +473,8 @@ mod tests {
         }
 
         #[test]
-        fn relocate_roundtrip(id in any::<u64>(), start in any::<u64>(), json in any::<bool>(), old_last in any::<u64>(), entries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..5), seg in any::<u64>()) {
-            let r = Relocate { id, start, json, old_last, entries: entries.into_iter().map(Bytes::from).collect() };
+        fn relocate_roundtrip(id in any::<u64>(), start in any::<u64>(), json in any::<bool>(), old_last in any::<u64>(), first_prev in any::<u64>(), entries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..5), seg in any::<u64>()) {
+            let r = Relocate { id, start, json, old_last, first_prev, entries: entries.into_iter().map(Bytes::from).collect() };
             prop_assert_eq!(decode_relocate(&encode_relocate(&r)).unwrap(), r.clone());
             prop_assert!(matches!(decode_record(&encode_relocate(&r)).unwrap(), Record::Relocate(x) if x == r));
             prop_assert_eq!(decode_compacted(&encode_compacted(seg)).unwrap(), seg);

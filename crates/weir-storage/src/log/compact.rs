@@ -197,9 +197,17 @@ fn run_blocking(
             candidates.push((live, seg));
         }
     }
+    // The least live ones, compacted oldest first: a run's predecessor is
+    // then usually done already, so its redirect can be dropped.
     candidates.sort_unstable();
+    let mut chosen: Vec<u64> = candidates
+        .into_iter()
+        .take(opts.max_segments_per_run)
+        .map(|(_, seg)| seg)
+        .collect();
+    chosen.sort_unstable();
     let mut wait = Vec::new();
-    for (_, seg) in candidates.into_iter().take(opts.max_segments_per_run) {
+    for seg in chosen {
         engine.upgrade_format().map_err(io)?;
         relocate_segment(table, &engine, seg, &mut report, &mut wait)?;
         report.segments_compacted += 1;
@@ -243,8 +251,12 @@ fn relocate_segment(
     wait: &mut Vec<Waiter>,
 ) -> Result<(), StorageError> {
     let backend = table.backend();
+    let size = engine.segment_size();
     // A relocate record must fit a segment with room to spare.
-    let cap = RUN_BYTES.min(engine.segment_size() / 4);
+    let cap = RUN_BYTES.min(size / 4);
+    let done: Vec<u64> = backend.compacted.lock().keys().copied().collect();
+    let present = engine.segments().map_err(io)?;
+    let mut prune = Vec::new();
     // The live data records, per stream.
     let mut live: BTreeMap<u64, Vec<Live>> = BTreeMap::new();
     let mut bad = None;
@@ -302,6 +314,7 @@ fn relocate_segment(
                 start: first.start,
                 json: first.json,
                 old_last: last.lsn,
+                first_prev: first.prev,
                 entries: run.iter().flat_map(|r| r.entries.iter().cloned()).collect(),
             };
             let first_prev = first.prev;
@@ -310,7 +323,7 @@ fn relocate_segment(
                 // Deleted meanwhile, or relocated before a crash: nothing to do.
                 match table.index_of(id) {
                     Some(cur) if Arc::ptr_eq(&cur, &index) && !index.relocated(reloc.old_last) => {
-                        Ok(Some(backend.submit_relocate(&index, &reloc, first_prev)?.1))
+                        Ok(Some(backend.submit_relocate(&index, &reloc)?.1))
                     }
                     _ => Ok(None),
                 }
@@ -320,9 +333,27 @@ fn relocate_segment(
                 report.runs_relocated += 1;
                 report.bytes_relocated += bytes;
             }
+            // The redirect the run's first record needed (its predecessor
+            // run was relocated) is needed by nothing once this run is
+            // relocated too — the original first record is unreachable —
+            // provided the predecessor's segment is done, so no retry after
+            // a crash looks for it: this segment (after its marker), or an
+            // earlier one that is compacted or gone.
+            if first_prev != frame::NO_PREV && index.relocated(reloc.old_last) {
+                let prev_seg = first_prev / size;
+                if prev_seg == seg
+                    || done.contains(&prev_seg)
+                    || present.binary_search(&prev_seg).is_err()
+                {
+                    prune.push((index.clone(), first_prev));
+                }
+            }
         }
     }
     let (_, rx) = table.gated(|| backend.submit_compacted(seg))?;
     wait.push(rx);
+    for (index, old) in prune {
+        index.forget_redirect(old);
+    }
     Ok(())
 }

@@ -170,7 +170,7 @@ async fn deadline_cancels_across_two_hops(env: Env) {
     // The inner handler saw less than the caller's budget and was dropped.
     let seen = inner_deadline.lock().expect("inner handler ran");
     assert!(seen <= Duration::from_millis(300), "{seen:?}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         dropped.load(Ordering::SeqCst),
         "inner handler was not cancelled"
@@ -241,7 +241,7 @@ async fn breaker_opens_and_recovers(env: Env) {
         .unwrap();
     let breaker = BreakerLayer::new(BreakerConfig {
         failure_threshold: 3,
-        open_for: Duration::from_millis(300),
+        open_for: Duration::from_millis(800),
     });
     let client = Client::builder(env.conn().await)
         .layer(breaker.clone())
@@ -264,7 +264,7 @@ async fn breaker_opens_and_recovers(env: Env) {
         "an open circuit let a call through"
     );
     // Half-open probe fails: open again.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(850)).await;
     assert_eq!(breaker.state("fragile.op"), CircuitState::HalfOpen);
     let r = client
         .request(&ctx, "fragile.op", Bytes::new(), false)
@@ -273,7 +273,7 @@ async fn breaker_opens_and_recovers(env: Env) {
     assert_eq!(breaker.state("fragile.op"), CircuitState::Open);
     // Recovery through half-open.
     healthy.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(850)).await;
     assert_eq!(breaker.state("fragile.op"), CircuitState::HalfOpen);
     client
         .request(&ctx, "fragile.op", Bytes::new(), false)
@@ -608,6 +608,7 @@ async fn exactly_one_timer_fails_over(env: Env) {
     let leader = leaders[0];
     // Kill the leader (no drain: its lease is abandoned, not released).
     handles[leader].abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let before: Vec<usize> = runs.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let after: Vec<usize> = runs.iter().map(|c| c.load(Ordering::SeqCst)).collect();
@@ -745,7 +746,15 @@ async fn auth_propagates_and_rate_limits_per_caller(env: Env) {
             verifier: verifier.clone(),
             required: true,
         })
-        .layer(RateLimitLayer::per_second(2))
+        .layer(RateLimitLayer {
+            // Two calls, then one more every 30 s: no refill during the test.
+            limit: weir_layer::ratelimit::gcra::Limit {
+                requests: 2,
+                window_secs: 60,
+                burst: Some(2),
+            },
+            ..RateLimitLayer::per_second(1)
+        })
         .endpoint("whoami", |r: Request| async move {
             let p = r.ctx.principal().cloned().ok_or_else(Problem::internal)?;
             Ok(Reply::new(format!("{}@{}", p.subject, p.tenant)))

@@ -187,7 +187,15 @@ async fn acknowledged_appends_survive_sigkill() {
                 ledger.clone(),
             )));
         }
-        // Kill at a pseudo-random point 20–220 ms into the load.
+        // Kill at a pseudo-random point 20–220 ms after the writers have
+        // made some progress (a loaded CI machine can take a while to get
+        // the first appends through a freshly restarted server).
+        let before = ledger.lock().await.acked.len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ledger.lock().await.acked.len() < before + 10 && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let delay = 20 + (iter as u64 * 7919 % 200);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         server.kill9();

@@ -208,6 +208,13 @@ fn run_blocking(
     chosen.sort_unstable();
     let mut wait = Vec::new();
     for seg in chosen {
+        // Relocations bypass the free-space guard (compaction is how space
+        // comes back), so keep a segment of headroom: a disk filled by them
+        // would stop every write.
+        if engine.free_bytes().is_ok_and(|free| free < size) {
+            tracing::warn!(seg, "too little free space to relocate; compaction waits");
+            break;
+        }
         engine.upgrade_format().map_err(io)?;
         relocate_segment(table, &engine, seg, &mut report, &mut wait)?;
         report.segments_compacted += 1;

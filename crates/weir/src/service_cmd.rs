@@ -354,6 +354,73 @@ mod tests {
         assert!(scaffold("ok", d.path(), &weir).is_err());
     }
 
+    fn nats_args(url: &str) -> NatsArgs {
+        NatsArgs {
+            server: url.to_owned(),
+            creds: None,
+            user: None,
+            password: None,
+            token: None,
+            nkey: None,
+            tls_ca: None,
+        }
+    }
+
+    /// `weir services` and `weir call` against a real nats-server.
+    #[test]
+    fn services_and_call_against_nats() {
+        let server = weir_testkit::NatsServer::start();
+        let url = server.url().to_owned();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let svc_url = url.clone();
+        let svc = std::thread::spawn(move || {
+            runtime().unwrap().block_on(async move {
+                let t = weir_service::NatsTransport::connect(&svc_url)
+                    .await
+                    .unwrap();
+                let h = weir_service::ServiceBuilder::new("echo", "1.0.0")
+                    .endpoint("echo", |r: weir_service::Request| async move {
+                        if r.payload.as_ref() == b"null" {
+                            return Err(weir_service::Problem::new(
+                                weir_service::ErrorCode::NotFound,
+                                "nothing to echo",
+                            ));
+                        }
+                        Ok(weir_service::Reply::new(r.payload))
+                    })
+                    .start(Arc::new(t))
+                    .await
+                    .unwrap();
+                ready_tx.send(()).unwrap();
+                let _ = stop_rx.await;
+                h.drain().await;
+            })
+        });
+        ready_rx.recv().unwrap();
+        services(ServicesArgs {
+            nats: nats_args(&url),
+            name: None,
+            json: false,
+            timeout_ms: 500,
+        })
+        .unwrap();
+        let args = |body: &str| CallArgs {
+            nats: nats_args(&url),
+            target: "echo.echo".into(),
+            body: body.into(),
+            timeout_ms: 2000,
+            bearer: None,
+            idempotent: false,
+        };
+        call(args(r#"{"hi":1}"#)).unwrap();
+        let err = call(args("null")).unwrap_err().to_string();
+        assert!(err.contains("404 not_found"), "{err}");
+        assert!(call(args("not json")).is_err());
+        stop_tx.send(()).unwrap();
+        svc.join().unwrap();
+    }
+
     /// The scaffolded crate builds and passes its test, in the workspace's
     /// target dir (so the Weir crates and their dependencies are reused).
     #[test]

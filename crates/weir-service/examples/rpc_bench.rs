@@ -9,6 +9,7 @@
 //! ```
 //!
 //! Closed loop: each of `c` tasks sends a request and waits for its reply.
+//! Raw and Weir alternate in six slices per level (same total time each).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,32 +26,18 @@ struct Run {
     p99: Duration,
 }
 
-async fn closed_loop<F, Fut>(concurrency: usize, secs: f64, f: F) -> Run
+/// Runs `concurrency` closed-loop workers for `dur`; returns the latencies (µs).
+async fn slice<F, Fut>(concurrency: usize, dur: Duration, f: &F) -> Vec<u32>
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    // Warm-up.
-    let warm = Instant::now() + Duration::from_millis(300);
+    let end = Instant::now() + dur;
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let f = f.clone();
         tasks.push(tokio::spawn(async move {
-            while Instant::now() < warm {
-                f().await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let f = f.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(4096);
+            let mut lat = Vec::with_capacity(1024);
             loop {
                 let t0 = Instant::now();
                 if t0 >= end {
@@ -66,17 +53,46 @@ where
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    all
+}
+
+fn summarize(mut all: Vec<u32>, secs: f64) -> Run {
     all.sort_unstable();
     let pct = |p: f64| {
         let i = ((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1));
         Duration::from_micros(u64::from(all.get(i).copied().unwrap_or(0)))
     };
     Run {
-        rps: all.len() as f64 / elapsed,
+        rps: all.len() as f64 / secs,
         p50: pct(0.50),
         p99: pct(0.99),
     }
+}
+
+/// Both systems at one concurrency, in alternating slices so that
+/// background load on a shared machine hits both alike.
+async fn compare<R, RF, W, WF>(concurrency: usize, secs: f64, raw: R, weir: W) -> (Run, Run)
+where
+    R: Fn() -> RF + Send + Sync + Clone + 'static,
+    RF: std::future::Future<Output = ()> + Send,
+    W: Fn() -> WF + Send + Sync + Clone + 'static,
+    WF: std::future::Future<Output = ()> + Send,
+{
+    const SLICES: u32 = 6;
+    slice(concurrency, Duration::from_millis(200), &raw).await;
+    slice(concurrency, Duration::from_millis(200), &weir).await;
+    let d = Duration::from_secs_f64(secs / f64::from(SLICES));
+    let (mut r, mut w) = (Vec::new(), Vec::new());
+    let (mut rt, mut wt) = (0.0, 0.0);
+    for _ in 0..SLICES {
+        let t = Instant::now();
+        r.extend(slice(concurrency, d, &raw).await);
+        rt += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        w.extend(slice(concurrency, d, &weir).await);
+        wt += t.elapsed().as_secs_f64();
+    }
+    (summarize(r, rt), summarize(w, wt))
 }
 
 fn arg(name: &str, default: &str) -> String {
@@ -140,9 +156,9 @@ async fn main() {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &c in &levels {
-        let (raw, p, h) = (raw.clone(), payload.clone(), headers.clone());
-        let r = closed_loop(c, secs, move || {
-            let (raw, p, h) = (raw.clone(), p.clone(), h.clone());
+        let (rc, p, h) = (raw.clone(), payload.clone(), headers.clone());
+        let raw_call = move || {
+            let (raw, p, h) = (rc.clone(), p.clone(), h.clone());
             async move {
                 let req = async_nats::Request::new()
                     .payload(p)
@@ -150,19 +166,18 @@ async fn main() {
                     .timeout(Some(Duration::from_secs(5)));
                 raw.send_request("raw.echo", req).await.expect("raw echo");
             }
-        })
-        .await;
-        let (weir, p) = (weir.clone(), payload.clone());
-        let w = closed_loop(c, secs, move || {
-            let (weir, p) = (weir.clone(), p.clone());
+        };
+        let (wc, p) = (weir.clone(), payload.clone());
+        let weir_call = move || {
+            let (weir, p) = (wc.clone(), p.clone());
             async move {
                 let ctx = Ctx::with_timeout(Duration::from_secs(5));
                 weir.request(&ctx, "bench.echo", p, false)
                     .await
                     .expect("weir echo");
             }
-        })
-        .await;
+        };
+        let (r, w) = compare(c, secs, raw_call, weir_call).await;
         println!(
             "| {c} | {:.0} | {:?} | {:?} | {:.0} | {:?} | {:?} | {:.0}% |",
             r.rps,

@@ -88,40 +88,6 @@ fn reject(meta: &EndpointMeta, reason: &'static str) {
     .increment(1);
 }
 
-// --- metrics ---------------------------------------------------------------
-
-/// Requests, errors and handler time per endpoint.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MetricsLayer;
-
-impl Layer for MetricsLayer {
-    fn layer(&self, meta: &EndpointMeta, inner: BoxHandler) -> BoxHandler {
-        let labels = |r: &'static str| {
-            [
-                ("service", meta.service.to_string()),
-                ("endpoint", meta.endpoint.to_string()),
-                ("result", r.to_owned()),
-            ]
-        };
-        let ok = metrics::counter!(crate::metrics::REQUESTS, &labels("ok"));
-        let err = metrics::counter!(crate::metrics::REQUESTS, &labels("error"));
-        let dur = metrics::histogram!(crate::metrics::DURATION,
-            "service" => meta.service.to_string(), "endpoint" => meta.endpoint.to_string());
-        let m = Arc::new((ok, err, dur));
-        Arc::new(move |req: Request| {
-            let inner = inner.clone();
-            let m = m.clone();
-            async move {
-                let start = std::time::Instant::now();
-                let r = inner.call(req).await;
-                m.2.record(start.elapsed().as_secs_f64());
-                if r.is_ok() { &m.0 } else { &m.1 }.increment(1);
-                r
-            }
-        })
-    }
-}
-
 // --- tracing / correlation ---------------------------------------------------
 
 /// A `tracing` span per request carrying the endpoint, the correlation id

@@ -273,9 +273,11 @@ impl ServiceBuilder {
         });
         let mut tasks = Vec::new();
         let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
+        // Requests, errors and handler time per endpoint are recorded by the
+        // dispatch itself (`weir_service_requests_total`, `…_duration_seconds`),
+        // deadline expiry included.
         if self.default_layers {
             layers.push(Arc::new(middleware::TraceLayer));
-            layers.push(Arc::new(middleware::MetricsLayer));
         }
         layers.extend(self.layers.iter().cloned());
         let contract_methods: BTreeMap<String, BTreeMap<String, String>> = self
@@ -302,12 +304,15 @@ impl ServiceBuilder {
             if let Some(m) = contract_methods.get(&ep.name) {
                 metadata.extend(m.clone());
             }
-            let stats = Arc::new(EpStats::new(EndpointInfo {
-                name: ep.name.clone(),
-                subject: subject.clone(),
-                queue_group: queue.clone(),
-                metadata,
-            }));
+            let stats = Arc::new(EpStats::new(
+                &self.name,
+                EndpointInfo {
+                    name: ep.name.clone(),
+                    subject: subject.clone(),
+                    queue_group: queue.clone(),
+                    metadata,
+                },
+            ));
             inner.endpoints.lock().push(stats.clone());
             let direct = micro::Registry::direct_subject(&id, &ep.name);
             for (subj, q) in [(subject.clone(), queue.clone()), (direct, None)] {
@@ -415,6 +420,10 @@ struct Inner {
 
 struct EpStats {
     info: EndpointInfo,
+    /// Per-endpoint metric handles (resolved once).
+    ok: metrics::Counter,
+    err: metrics::Counter,
+    duration: metrics::Histogram,
     requests: AtomicU64,
     errors: AtomicU64,
     nanos: AtomicU64,
@@ -422,8 +431,19 @@ struct EpStats {
 }
 
 impl EpStats {
-    fn new(info: EndpointInfo) -> EpStats {
+    fn new(service: &str, info: EndpointInfo) -> EpStats {
+        let labels = |r: &'static str| {
+            [
+                ("service", service.to_owned()),
+                ("endpoint", info.name.clone()),
+                ("result", r.to_owned()),
+            ]
+        };
         EpStats {
+            ok: metrics::counter!(crate::metrics::REQUESTS, &labels("ok")),
+            err: metrics::counter!(crate::metrics::REQUESTS, &labels("error")),
+            duration: metrics::histogram!(crate::metrics::DURATION,
+                "service" => service.to_owned(), "endpoint" => info.name.clone()),
             info,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -481,10 +501,13 @@ async fn pump<F>(
     F: FnMut(Message),
 {
     let mut attempt = 0u32;
+    // One stop future for the whole loop (not one per message).
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => {
+            _ = &mut stopped => {
                 sub.drain().await;
                 while let Some(m) = sub.next().await {
                     on_message(m);
@@ -494,7 +517,7 @@ async fn pump<F>(
             m = sub.next() => match m {
                 Some(m) => { attempt = 0; on_message(m) },
                 None => {
-                    if *stop.borrow() { return; }
+                    if inner.draining.load(Ordering::Acquire) { return; }
                     tracing::warn!(subject, "subscription ended; resubscribing");
                     tokio::time::sleep(crate::error::backoff(Duration::from_millis(50), Duration::from_secs(5), attempt)).await;
                     attempt += 1;
@@ -575,6 +598,13 @@ async fn handle_request(
         }
     };
     let elapsed = start.elapsed();
+    stats.duration.record(elapsed.as_secs_f64());
+    if result.is_ok() {
+        &stats.ok
+    } else {
+        &stats.err
+    }
+    .increment(1);
     stats.requests.fetch_add(1, Ordering::Relaxed);
     stats.nanos.fetch_add(
         elapsed.as_nanos().min(u128::from(u64::MAX)) as u64,

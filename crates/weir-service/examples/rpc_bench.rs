@@ -148,7 +148,7 @@ async fn main() {
     Ctx::with_timeout(Duration::from_secs(5)).write_headers(&mut headers, Duration::from_secs(5));
 
     println!(
-        "payload {} bytes, {secs} s per run, closed loop",
+        "payload {} bytes, {secs} s per system and level in 6 alternating slices, closed loop",
         payload.len()
     );
     println!(

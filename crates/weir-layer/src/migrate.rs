@@ -83,6 +83,30 @@ pub const MIGRATIONS: &[Migration] = &[
             CREATE INDEX weir_audit_tenant ON weir_audit (tenant, id)",
         down: "DROP INDEX weir_audit_tenant; DROP TABLE weir_audit",
     },
+    Migration {
+        version: 4,
+        name: "usage",
+        // One row per tenant, subject, API key ('' without one) and window
+        // (`window_start`: unix seconds, a multiple of
+        // `store::USAGE_WINDOW_SECS`), one column per counter. The primary
+        // key makes recording an upsert that adds
+        // (`ON CONFLICT (…) DO UPDATE SET n = n + excluded.n`); the index
+        // serves a tenant's usage over a time range across subjects.
+        up: "CREATE TABLE weir_usage (
+                tenant TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                key_id TEXT NOT NULL DEFAULT '',
+                window_start BIGINT NOT NULL,
+                requests BIGINT NOT NULL DEFAULT 0,
+                bytes_in BIGINT NOT NULL DEFAULT 0,
+                bytes_out BIGINT NOT NULL DEFAULT 0,
+                tokens_in BIGINT NOT NULL DEFAULT 0,
+                tokens_out BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (tenant, subject, key_id, window_start)
+            );
+            CREATE INDEX weir_usage_tenant ON weir_usage (tenant, window_start)",
+        down: "DROP INDEX weir_usage_tenant; DROP TABLE weir_usage",
+    },
 ];
 
 /// The bookkeeping table, created before anything else by both runners.

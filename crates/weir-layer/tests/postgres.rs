@@ -15,7 +15,10 @@ use weir_layer::migrate::{MIGRATIONS, MigrateError, latest};
 use weir_layer::principal::AuthError;
 use weir_layer::store::postgres::PgStore;
 use weir_layer::store::postgres::testing::TestDatabase;
-use weir_layer::store::{AuditEntry, AuditLog, AuditQuery, actions};
+use weir_layer::store::{
+    AuditEntry, AuditLog, AuditQuery, USAGE_WINDOW_SECS, UsageCounters, UsageDelta, UsageLog,
+    UsageQuery, actions,
+};
 
 /// This test's own database; PostgreSQL being unreachable fails the test.
 struct TestDb {
@@ -73,9 +76,20 @@ async fn migrations_up_down_up() {
             "weir_api_keys",
             "weir_api_keys_tenant",
             "weir_audit",
-            "weir_audit_tenant"
+            "weir_audit_tenant",
+            "weir_usage",
+            "weir_usage_tenant"
         ]
     );
+    // The usage table alone goes down and comes back.
+    assert_eq!(s.migrate_down(3).await.unwrap(), vec![4]);
+    assert!(
+        !tables(&s, &db)
+            .await
+            .iter()
+            .any(|t| t.starts_with("weir_usage"))
+    );
+    assert_eq!(s.migrate_up(None).await.unwrap(), vec![4]);
     assert!(s.migrate_up(None).await.unwrap().is_empty(), "idempotent");
     assert!(
         s.migrate_status()
@@ -294,7 +308,7 @@ async fn audit_log_round_trip() {
         e.tenant = if i % 2 == 0 { "a" } else { "b" }.into();
         e.request_id = format!("req-{i}");
         e.detail = serde_json::json!({"n": i});
-        s.record(&e).await.unwrap();
+        AuditLog::record(&s, &e).await.unwrap();
     }
     let page = s
         .entries(&AuditQuery {
@@ -320,6 +334,145 @@ async fn audit_log_round_trip() {
     assert_eq!(
         rest.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
         ["k2", "k0"]
+    );
+}
+
+#[tokio::test]
+async fn usage_adds_per_window_and_tenant() {
+    let db = TestDb::create("usage").await;
+    let s = db.store();
+    s.migrate_up(None).await.unwrap();
+    let t0 = 1_700_000_000 - 1_700_000_000 % USAGE_WINDOW_SECS;
+    let delta =
+        |tenant: &str, subject: &str, key: &str, at: u64, requests: u64, tokens: u64| UsageDelta {
+            tenant: tenant.into(),
+            subject: subject.into(),
+            key_id: key.into(),
+            at,
+            counters: UsageCounters {
+                requests,
+                bytes_in: 10 * requests,
+                bytes_out: 100 * tokens,
+                tokens_in: 0,
+                tokens_out: tokens,
+            },
+        };
+    // A request, its streamed chunks (concurrently: the upsert adds
+    // atomically), and one more request at the window's last second.
+    UsageLog::record(&s, &delta("a", "alice", "k1", t0 + 5, 1, 0))
+        .await
+        .unwrap();
+    let chunks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            let d = delta("a", "alice", "k1", t0 + i, 0, 3);
+            tokio::spawn(async move { UsageLog::record(&s, &d).await })
+        })
+        .collect();
+    for c in chunks {
+        c.await.unwrap().unwrap();
+    }
+    UsageLog::record(
+        &s,
+        &delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS - 1, 2, 0),
+    )
+    .await
+    .unwrap();
+    // The next window, another subject, another key, another tenant, nothing.
+    UsageLog::record(&s, &delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS, 1, 1))
+        .await
+        .unwrap();
+    UsageLog::record(&s, &delta("a", "bob", "", t0 + 1, 4, 0))
+        .await
+        .unwrap();
+    UsageLog::record(&s, &delta("a", "alice", "k2", t0 + 2, 1, 0))
+        .await
+        .unwrap();
+    UsageLog::record(&s, &delta("b", "alice", "k1", t0 + 3, 9, 9))
+        .await
+        .unwrap();
+    UsageLog::record(&s, &delta("a", "alice", "k1", t0 + 4, 0, 0))
+        .await
+        .unwrap();
+
+    let all = s
+        .usage(&UsageQuery {
+            tenant: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let view: Vec<_> = all
+        .iter()
+        .map(|r| {
+            (
+                r.window_start - t0,
+                r.subject.as_str(),
+                r.key_id.as_str(),
+                r.counters.requests,
+                r.counters.tokens_out,
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            (0, "alice", "k1", 3, 60),
+            (0, "alice", "k2", 1, 0),
+            (0, "bob", "", 4, 0),
+            (USAGE_WINDOW_SECS, "alice", "k1", 1, 1),
+        ]
+    );
+    assert!(all.iter().all(|r| r.tenant == "a"));
+    assert_eq!(
+        (all[0].counters.bytes_in, all[0].counters.bytes_out),
+        (30, 6000)
+    );
+
+    let alice_first = s
+        .usage(&UsageQuery {
+            tenant: "a".into(),
+            subject: Some("alice".into()),
+            from: Some(t0),
+            to: Some(t0 + USAGE_WINDOW_SECS),
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice_first.len(), 2);
+    assert!(
+        alice_first
+            .iter()
+            .all(|r| r.subject == "alice" && r.window_start == t0)
+    );
+    let later = s
+        .usage(&UsageQuery {
+            tenant: "a".into(),
+            from: Some(t0 + 1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].window_start, t0 + USAGE_WINDOW_SECS);
+
+    // Tenant isolation.
+    let b = s
+        .usage(&UsageQuery {
+            tenant: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!((b[0].tenant.as_str(), b[0].counters.requests), ("b", 9));
+    assert!(
+        s.usage(&UsageQuery {
+            tenant: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
     );
 }
 

@@ -1,8 +1,8 @@
-//! Persistent stores for the layer's own data: API keys and the audit log
-//! of admin actions, in memory, in SQLite (embedded) or in PostgreSQL
-//! (shared by several nodes). All three run the same migrations
-//! ([`crate::migrate::MIGRATIONS`]) and implement the same traits
-//! ([`ApiKeyStore`], [`AuditLog`]).
+//! Persistent stores for the layer's own data: API keys, the audit log of
+//! admin actions and per-user usage counters, in memory, in SQLite
+//! (embedded) or in PostgreSQL (shared by several nodes). All three run the
+//! same migrations ([`crate::migrate::MIGRATIONS`]) and implement the same
+//! traits ([`ApiKeyStore`], [`AuditLog`], [`UsageLog`]).
 //!
 //! Which one is used is configured in `[auth.api_keys]`: `store =
 //! "memory" | "sqlite" | "postgres"` with `sqlite_path` or `database_url`
@@ -81,6 +81,7 @@ impl ApiKeyConfig {
 pub struct LayerStores {
     pub keys: Arc<dyn ApiKeyStore>,
     pub audit: Arc<dyn AuditLog>,
+    pub usage: Arc<dyn UsageLog>,
 }
 
 impl std::fmt::Debug for LayerStores {
@@ -95,6 +96,7 @@ impl LayerStores {
         LayerStores {
             keys: Arc::new(MemoryApiKeyStore::default()),
             audit: Arc::new(MemoryAuditLog::default()),
+            usage: Arc::new(MemoryUsageLog::default()),
         }
     }
 }
@@ -109,7 +111,9 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 pub async fn open(cfg: &ApiKeyConfig) -> Result<LayerStores, StoreError> {
     match cfg.store_spec()? {
         StoreSpec::Memory => {
-            tracing::warn!("API keys and the audit log are kept in memory and lost on restart");
+            tracing::warn!(
+                "API keys, the audit log and usage are kept in memory and lost on restart"
+            );
             Ok(LayerStores::memory())
         }
         #[cfg(feature = "sqlite")]
@@ -120,7 +124,8 @@ pub async fn open(cfg: &ApiKeyConfig) -> Result<LayerStores, StoreError> {
                 .map_err(backend)?;
             Ok(LayerStores {
                 keys: Arc::new(s.clone()),
-                audit: Arc::new(s),
+                audit: Arc::new(s.clone()),
+                usage: Arc::new(s),
             })
         }
         #[cfg(feature = "postgres")]
@@ -129,7 +134,8 @@ pub async fn open(cfg: &ApiKeyConfig) -> Result<LayerStores, StoreError> {
             s.migrate_up(None).await.map_err(backend)?;
             Ok(LayerStores {
                 keys: Arc::new(s.clone()),
-                audit: Arc::new(s),
+                audit: Arc::new(s.clone()),
+                usage: Arc::new(s),
             })
         }
         #[allow(unreachable_patterns)]
@@ -237,6 +243,263 @@ impl AuditLog for MemoryAuditLog {
     }
 }
 
+// ---------------------------------------------------------------------- usage
+
+/// Length of a usage window in seconds: counters are summed per hour
+/// (windows start at multiples of this, in UTC).
+pub const USAGE_WINDOW_SECS: u64 = 3600;
+
+/// The start of the window `at` (unix seconds) falls in.
+pub fn usage_window(at: u64) -> u64 {
+    at - at % USAGE_WINDOW_SECS
+}
+
+/// What one or more requests used (also the totals of a window).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCounters {
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+}
+
+impl UsageCounters {
+    /// Adds `other` (saturating).
+    pub fn add(&mut self, other: &UsageCounters) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+        self.tokens_in = self.tokens_in.saturating_add(other.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(other.tokens_out);
+    }
+
+    /// Every counter is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == UsageCounters::default()
+    }
+}
+
+/// Usage to add to a principal's counters, e.g. one request, or one chunk
+/// of a streamed response (`requests: 0`, only bytes/tokens).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub tenant: String,
+    pub subject: String,
+    /// The API key used, empty for other authentication.
+    pub key_id: String,
+    /// When it happened (unix seconds): picks the window.
+    pub at: u64,
+    pub counters: UsageCounters,
+}
+
+/// The summed usage of one principal (and key) in one window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub tenant: String,
+    pub subject: String,
+    pub key_id: String,
+    /// Unix seconds, a multiple of [`USAGE_WINDOW_SECS`].
+    pub window_start: u64,
+    pub counters: UsageCounters,
+}
+
+/// Which rows to read: one tenant, optionally one subject, windows starting
+/// in `from..to` (unix seconds; `from` inclusive, `to` exclusive; `None`:
+/// unbounded).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub tenant: String,
+    pub subject: Option<String>,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+}
+
+impl UsageQuery {
+    fn matches(&self, r: &UsageRow) -> bool {
+        r.tenant == self.tenant
+            && self.subject.as_ref().is_none_or(|s| &r.subject == s)
+            && self.from.is_none_or(|f| r.window_start >= f)
+            && self.to.is_none_or(|t| r.window_start < t)
+    }
+}
+
+/// Per-principal usage counters, summed per [`USAGE_WINDOW_SECS`] window.
+#[async_trait::async_trait]
+pub trait UsageLog: Send + Sync {
+    /// Adds `delta`'s counters to the row of its tenant, subject, key and
+    /// window (created at zero if missing). An all-zero delta writes nothing.
+    async fn record(&self, delta: &UsageDelta) -> Result<(), StoreError>;
+    /// Matching rows, oldest window first, then by subject and key.
+    async fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+}
+
+/// Row order of [`UsageLog::usage`].
+type UsageKey = (u64, String, String);
+
+/// In-memory usage counters (tests, development).
+#[derive(Debug, Default)]
+pub struct MemoryUsageLog {
+    rows: parking_lot::RwLock<std::collections::BTreeMap<(String, UsageKey), UsageCounters>>,
+}
+
+#[async_trait::async_trait]
+impl UsageLog for MemoryUsageLog {
+    async fn record(&self, d: &UsageDelta) -> Result<(), StoreError> {
+        if d.counters.is_zero() {
+            return Ok(());
+        }
+        let key = (
+            d.tenant.clone(),
+            (usage_window(d.at), d.subject.clone(), d.key_id.clone()),
+        );
+        self.rows.write().entry(key).or_default().add(&d.counters);
+        Ok(())
+    }
+
+    async fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        Ok(self
+            .rows
+            .read()
+            .iter()
+            .map(|((tenant, (window_start, subject, key_id)), c)| UsageRow {
+                tenant: tenant.clone(),
+                subject: subject.clone(),
+                key_id: key_id.clone(),
+                window_start: *window_start,
+                counters: *c,
+            })
+            .filter(|r| q.matches(r))
+            .collect())
+    }
+}
+
+/// Checks any [`UsageLog`] on an empty store (memory and SQLite here; the
+/// PostgreSQL test in `tests/postgres.rs` does the same).
+#[cfg(test)]
+pub(crate) async fn check_usage_log(log: &dyn UsageLog) {
+    let t0 = 1_700_000_000 - 1_700_000_000 % USAGE_WINDOW_SECS;
+    let delta =
+        |tenant: &str, subject: &str, key: &str, at: u64, requests: u64, tokens: u64| UsageDelta {
+            tenant: tenant.into(),
+            subject: subject.into(),
+            key_id: key.into(),
+            at,
+            counters: UsageCounters {
+                requests,
+                bytes_in: 10 * requests,
+                bytes_out: 100 * tokens,
+                tokens_in: 0,
+                tokens_out: tokens,
+            },
+        };
+    // One request, then its streamed chunks, in the same window.
+    log.record(&delta("a", "alice", "k1", t0 + 5, 1, 0))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        log.record(&delta("a", "alice", "k1", t0 + 60 * i, 0, 7))
+            .await
+            .unwrap();
+    }
+    log.record(&delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS - 1, 2, 0))
+        .await
+        .unwrap();
+    // The next window, another subject, another key, another tenant.
+    log.record(&delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS, 1, 1))
+        .await
+        .unwrap();
+    log.record(&delta("a", "bob", "", t0 + 1, 4, 0))
+        .await
+        .unwrap();
+    log.record(&delta("a", "alice", "k2", t0 + 2, 1, 0))
+        .await
+        .unwrap();
+    log.record(&delta("b", "alice", "k1", t0 + 3, 9, 9))
+        .await
+        .unwrap();
+    log.record(&delta("a", "alice", "k1", t0 + 4, 0, 0))
+        .await
+        .unwrap();
+
+    let all = log
+        .usage(&UsageQuery {
+            tenant: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let view: Vec<_> = all
+        .iter()
+        .map(|r| {
+            (
+                r.window_start - t0,
+                r.subject.as_str(),
+                r.key_id.as_str(),
+                r.counters.requests,
+                r.counters.tokens_out,
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            (0, "alice", "k1", 3, 21),
+            (0, "alice", "k2", 1, 0),
+            (0, "bob", "", 4, 0),
+            (USAGE_WINDOW_SECS, "alice", "k1", 1, 1),
+        ]
+    );
+    assert!(all.iter().all(|r| r.tenant == "a"));
+    assert_eq!(all[0].counters.bytes_in, 30);
+    assert_eq!(all[0].counters.bytes_out, 2100);
+
+    let alice_first = log
+        .usage(&UsageQuery {
+            tenant: "a".into(),
+            subject: Some("alice".into()),
+            from: Some(t0),
+            to: Some(t0 + USAGE_WINDOW_SECS),
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice_first.len(), 2);
+    assert!(
+        alice_first
+            .iter()
+            .all(|r| r.subject == "alice" && r.window_start == t0)
+    );
+    let later = log
+        .usage(&UsageQuery {
+            tenant: "a".into(),
+            from: Some(t0 + 1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].window_start, t0 + USAGE_WINDOW_SECS);
+
+    let b = log
+        .usage(&UsageQuery {
+            tenant: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].counters.requests, 9);
+    assert!(
+        log.usage(&UsageQuery {
+            tenant: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +526,13 @@ mod tests {
             c.store_spec().unwrap(),
             StoreSpec::Postgres(Secret::new("postgres://h/db"))
         );
+    }
+
+    #[tokio::test]
+    async fn memory_usage_adds_per_window() {
+        check_usage_log(&MemoryUsageLog::default()).await;
+        assert_eq!(usage_window(7199), 3600);
+        assert_eq!(usage_window(7200), 7200);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! The shared store: PostgreSQL for API keys and the audit log, with the
-//! same migrations as SQLite ([`crate::migrate::MIGRATIONS`]).
+//! The shared store: PostgreSQL for API keys, the audit log and usage
+//! counters, with the same migrations as SQLite
+//! ([`crate::migrate::MIGRATIONS`]).
 //!
 //! One `tokio-postgres` connection per node serves every query: the client
 //! pipelines concurrent queries on it, and the layer's traffic is small
@@ -24,7 +25,10 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::auth::apikey::{ApiKeyRecord, ApiKeyStore, StoreError};
 use crate::migrate::{self, Applied, MigrateError, MigrationState};
-use crate::store::{AuditEntry, AuditLog, AuditQuery};
+use crate::store::{
+    AuditEntry, AuditLog, AuditQuery, UsageCounters, UsageDelta, UsageLog, UsageQuery, UsageRow,
+    usage_window,
+};
 
 /// Advisory lock key held while migrating ("weir" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7765_6972;
@@ -501,6 +505,92 @@ impl AuditLog for PgStore {
                 .map_err(backend)?;
             rows.iter()
                 .map(|r| row_to_audit(r).map_err(backend))
+                .collect()
+        })
+        .await
+    }
+}
+
+fn row_to_usage(r: &Row) -> Result<UsageRow, tokio_postgres::Error> {
+    let n = |i: usize| -> Result<u64, tokio_postgres::Error> { Ok(u64_of(r.try_get(i)?)) };
+    Ok(UsageRow {
+        tenant: r.try_get(0)?,
+        subject: r.try_get(1)?,
+        key_id: r.try_get(2)?,
+        window_start: n(3)?,
+        counters: UsageCounters {
+            requests: n(4)?,
+            bytes_in: n(5)?,
+            bytes_out: n(6)?,
+            tokens_in: n(7)?,
+            tokens_out: n(8)?,
+        },
+    })
+}
+
+#[async_trait::async_trait]
+impl UsageLog for PgStore {
+    async fn record(&self, d: &UsageDelta) -> Result<(), StoreError> {
+        if d.counters.is_zero() {
+            return Ok(());
+        }
+        self.timed(async {
+            let n = &d.counters;
+            self.client()
+                .await?
+                .execute(
+                    "INSERT INTO weir_usage
+                        (tenant, subject, key_id, window_start, requests, bytes_in, bytes_out, tokens_in, tokens_out)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (tenant, subject, key_id, window_start) DO UPDATE SET
+                        requests = weir_usage.requests + excluded.requests,
+                        bytes_in = weir_usage.bytes_in + excluded.bytes_in,
+                        bytes_out = weir_usage.bytes_out + excluded.bytes_out,
+                        tokens_in = weir_usage.tokens_in + excluded.tokens_in,
+                        tokens_out = weir_usage.tokens_out + excluded.tokens_out",
+                    &[
+                        &d.tenant,
+                        &d.subject,
+                        &d.key_id,
+                        &i64_of(usage_window(d.at)),
+                        &i64_of(n.requests),
+                        &i64_of(n.bytes_in),
+                        &i64_of(n.bytes_out),
+                        &i64_of(n.tokens_in),
+                        &i64_of(n.tokens_out),
+                    ],
+                )
+                .await
+                .map(|_| ())
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.timed(async {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT tenant, subject, key_id, window_start,
+                            requests, bytes_in, bytes_out, tokens_in, tokens_out
+                     FROM weir_usage
+                     WHERE tenant = $1 AND ($2::TEXT IS NULL OR subject = $2)
+                       AND ($3::BIGINT IS NULL OR window_start >= $3)
+                       AND ($4::BIGINT IS NULL OR window_start < $4)
+                     ORDER BY window_start, subject COLLATE \"C\", key_id COLLATE \"C\"",
+                    &[
+                        &q.tenant,
+                        &q.subject,
+                        &q.from.map(i64_of),
+                        &q.to.map(i64_of),
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+            rows.iter()
+                .map(|r| row_to_usage(r).map_err(backend))
                 .collect()
         })
         .await

@@ -1,5 +1,5 @@
 //! The embedded store: SQLite (bundled, so no system library is needed) for
-//! API keys and the audit log, with the layer's migrations.
+//! API keys, the audit log and usage counters, with the layer's migrations.
 //!
 //! rusqlite is synchronous; every call runs on tokio's blocking pool behind
 //! one mutex-guarded connection. That is plenty here: key lookups are cached
@@ -15,7 +15,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::auth::apikey::{ApiKeyRecord, ApiKeyStore, StoreError};
 use crate::migrate::{self, Applied, MigrateError, MigrationState};
-use crate::store::{AuditEntry, AuditLog, AuditQuery};
+use crate::store::{
+    AuditEntry, AuditLog, AuditQuery, UsageCounters, UsageDelta, UsageLog, UsageQuery, UsageRow,
+    usage_window,
+};
 
 /// A SQLite database holding the layer's tables.
 #[derive(Clone)]
@@ -342,6 +345,94 @@ impl AuditLog for SqliteStore {
     }
 }
 
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Adds into the row of the delta's window, creating it if missing.
+const USAGE_UPSERT: &str = "INSERT INTO weir_usage
+        (tenant, subject, key_id, window_start, requests, bytes_in, bytes_out, tokens_in, tokens_out)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+    ON CONFLICT (tenant, subject, key_id, window_start) DO UPDATE SET
+        requests = weir_usage.requests + excluded.requests,
+        bytes_in = weir_usage.bytes_in + excluded.bytes_in,
+        bytes_out = weir_usage.bytes_out + excluded.bytes_out,
+        tokens_in = weir_usage.tokens_in + excluded.tokens_in,
+        tokens_out = weir_usage.tokens_out + excluded.tokens_out";
+
+#[async_trait::async_trait]
+impl UsageLog for SqliteStore {
+    async fn record(&self, d: &UsageDelta) -> Result<(), StoreError> {
+        if d.counters.is_zero() {
+            return Ok(());
+        }
+        let d = d.clone();
+        self.with(move |c| {
+            let n = &d.counters;
+            c.execute(
+                USAGE_UPSERT,
+                params![
+                    d.tenant,
+                    d.subject,
+                    d.key_id,
+                    i64_of(usage_window(d.at)),
+                    i64_of(n.requests),
+                    i64_of(n.bytes_in),
+                    i64_of(n.bytes_out),
+                    i64_of(n.tokens_in),
+                    i64_of(n.tokens_out),
+                ],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let q = q.clone();
+        self.with(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT tenant, subject, key_id, window_start,
+                            requests, bytes_in, bytes_out, tokens_in, tokens_out
+                     FROM weir_usage
+                     WHERE tenant = ?1 AND (?2 IS NULL OR subject = ?2)
+                       AND (?3 IS NULL OR window_start >= ?3) AND (?4 IS NULL OR window_start < ?4)
+                     ORDER BY window_start, subject, key_id",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(
+                    params![q.tenant, q.subject, q.from.map(i64_of), q.to.map(i64_of)],
+                    |r| {
+                        let n = |i: usize| -> rusqlite::Result<u64> { Ok(u64_of(r.get(i)?)) };
+                        Ok(UsageRow {
+                            tenant: r.get(0)?,
+                            subject: r.get(1)?,
+                            key_id: r.get(2)?,
+                            window_start: n(3)?,
+                            counters: UsageCounters {
+                                requests: n(4)?,
+                                bytes_in: n(5)?,
+                                bytes_out: n(6)?,
+                                tokens_in: n(7)?,
+                                tokens_out: n(8)?,
+                            },
+                        })
+                    },
+                )
+                .map_err(backend)?;
+            rows.map(|r| r.map_err(backend)).collect()
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +441,17 @@ mod tests {
         let c = s.conn.lock();
         let mut st = c
             .prepare("SELECT name FROM sqlite_master WHERE type IN ('table','index') AND name LIKE 'weir_api%' ORDER BY name")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    fn usage_tables(s: &SqliteStore) -> Vec<String> {
+        let c = s.conn.lock();
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type IN ('table','index') AND name LIKE 'weir_usage%' ORDER BY name")
             .unwrap();
         st.query_map([], |r| r.get(0))
             .unwrap()
@@ -371,15 +473,19 @@ mod tests {
         assert_eq!(tables(&s), vec!["weir_api_keys"]);
         assert_eq!(s.migrate_up(Some(2)).unwrap(), vec![2]);
         assert_eq!(tables(&s), vec!["weir_api_keys", "weir_api_keys_tenant"]);
-        assert_eq!(s.migrate_up(None).unwrap(), vec![3]);
+        assert_eq!(s.migrate_up(None).unwrap(), vec![3, 4]);
         assert!(s.migrate_up(None).unwrap().is_empty(), "idempotent");
         let st = s.migrate_status().unwrap();
         assert!(st.iter().all(|m| m.applied_at.is_some()));
-        assert_eq!(s.migrate_down(1).unwrap(), vec![3, 2]);
+        assert_eq!(s.migrate_down(1).unwrap(), vec![4, 3, 2]);
         assert_eq!(tables(&s), vec!["weir_api_keys"]);
         assert_eq!(s.migrate_down(0).unwrap(), vec![1]);
         assert!(tables(&s).is_empty());
-        assert_eq!(s.migrate_up(None).unwrap(), vec![1, 2, 3]);
+        assert_eq!(s.migrate_up(None).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(usage_tables(&s), vec!["weir_usage", "weir_usage_tenant"]);
+        assert_eq!(s.migrate_down(3).unwrap(), vec![4]);
+        assert!(usage_tables(&s).is_empty());
+        assert_eq!(s.migrate_up(None).unwrap(), vec![4]);
         assert!(matches!(
             s.migrate_up(Some(99)),
             Err(MigrateError::UnknownTarget(99))
@@ -456,7 +562,7 @@ mod tests {
                 AuditEntry::new(2000 + i, "root", actions::API_KEY_REVOKED, format!("k{i}"));
             e.tenant = if i % 2 == 0 { "a" } else { "b" }.into();
             e.detail = serde_json::json!({ "i": i });
-            s.record(&e).await.unwrap();
+            AuditLog::record(&s, &e).await.unwrap();
         }
         let page = s
             .entries(&AuditQuery {
@@ -482,5 +588,23 @@ mod tests {
             rest.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
             ["k2", "k0"]
         );
+    }
+
+    #[tokio::test]
+    async fn usage_adds_per_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_migrated(dir.path().join("u.db")).unwrap();
+        crate::store::check_usage_log(&s).await;
+        // Persisted across reopen.
+        drop(s);
+        let again = SqliteStore::open_migrated(dir.path().join("u.db")).unwrap();
+        let rows = again
+            .usage(&UsageQuery {
+                tenant: "a".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 4);
     }
 }

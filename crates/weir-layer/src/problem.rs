@@ -100,6 +100,8 @@ error_codes! {
     StorageError = ("storage_error", 503),
     /// A load-shedding budget is exhausted (`Retry-After` is set).
     Overloaded = ("overloaded", 503),
+    /// A service call's deadline passed before it was answered.
+    DeadlineExceeded = ("deadline_exceeded", 504),
     /// One message is larger than `limits.max_message_bytes`.
     MessageTooLarge = ("message_too_large", 413),
     /// The tenant holds `limits.max_streams_per_tenant` streams already.

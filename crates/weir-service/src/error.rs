@@ -102,7 +102,7 @@ impl From<ServiceError> for Problem {
 
 /// The problem sent when a deadline passes (504).
 pub fn deadline_problem() -> Problem {
-    Problem::with_status(ErrorCode::Overloaded, 504, "the deadline passed")
+    Problem::new(ErrorCode::DeadlineExceeded, "the deadline passed")
 }
 
 /// A startup/configuration error of a service or client.

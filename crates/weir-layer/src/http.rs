@@ -266,33 +266,49 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
-            let skip = req.method() == http::Method::OPTIONS || auth.is_public(req.uri().path());
-            let result = if skip {
-                Ok(auth.anonymous().clone())
-            } else {
-                auth.authenticate(req.headers()).await
-            };
-            match result {
-                Ok(p) => {
-                    let span = tracing::Span::current();
-                    span.record("tenant", p.tenant.as_str());
-                    span.record("principal", p.subject.as_str());
-                    req.extensions_mut().insert(p);
-                    inner.call(req).await
-                }
-                Err(e) => {
-                    let method = method_label(req.headers());
-                    metrics::counter!(names::AUTH_FAILURES, "method" => method, "reason" => e.label())
-                        .increment(1);
-                    if matches!(e, AuthError::Unavailable(_)) {
-                        tracing::warn!(error = %e, "authentication unavailable");
-                    } else {
-                        tracing::info!(reason = e.label(), error = %e, "authentication refused");
-                    }
-                    Ok(e.to_problem().into_response())
-                }
+            match authenticate(&auth, &mut req).await {
+                Ok(()) => inner.call(req).await,
+                Err(refusal) => Ok(refusal),
             }
         })
+    }
+}
+
+/// Authenticates a request and puts its [`Principal`] into the request's
+/// extensions (and its tenant and subject into the request span), or
+/// returns the refusal to send: `401`/`503` problem, counted in
+/// `weir_auth_failures_total`. `OPTIONS` and public paths pass as the
+/// anonymous principal. Shared by [`AuthService`] and the fused
+/// [`crate::stack::ProductionService`].
+pub(crate) async fn authenticate<B>(
+    auth: &Authenticator,
+    req: &mut Request<B>,
+) -> Result<(), Response> {
+    let skip = req.method() == http::Method::OPTIONS || auth.is_public(req.uri().path());
+    let result = if skip {
+        Ok(auth.anonymous().clone())
+    } else {
+        auth.authenticate(req.headers()).await
+    };
+    match result {
+        Ok(p) => {
+            let span = tracing::Span::current();
+            span.record("tenant", p.tenant.as_str());
+            span.record("principal", p.subject.as_str());
+            req.extensions_mut().insert(p);
+            Ok(())
+        }
+        Err(e) => {
+            let method = method_label(req.headers());
+            metrics::counter!(names::AUTH_FAILURES, "method" => method, "reason" => e.label())
+                .increment(1);
+            if matches!(e, AuthError::Unavailable(_)) {
+                tracing::warn!(error = %e, "authentication unavailable");
+            } else {
+                tracing::info!(reason = e.label(), error = %e, "authentication refused");
+            }
+            Err(e.to_problem().into_response())
+        }
     }
 }
 
@@ -373,44 +389,70 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = self.limiter.clone();
         Box::pin(async move {
-            if !limiter.config().enabled {
-                return inner.call(req).await;
-            }
-            let ip = req.extensions().get::<ClientIp>().map(|c| c.0).or_else(|| {
-                req.extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip())
-            });
-            let verdict = limiter
-                .check(RequestInfo {
-                    method: req.method(),
-                    path: req.uri().path(),
-                    principal: req.extensions().get::<Principal>(),
-                    ip,
-                })
-                .await;
-            match verdict {
-                Verdict::Allowed(ds) => {
+            match check_rate_limit(&limiter, req.method(), req.uri().path(), req.extensions()).await
+            {
+                Ok(ds) => {
                     let mut resp = inner.call(req).await?;
-                    if limiter.config().headers_on_success {
-                        let h = resp.headers_mut();
-                        if let Some(v) = ratelimit::ratelimit_header(&ds)
-                            .and_then(|v| HeaderValue::from_str(&v).ok())
-                        {
-                            h.insert("ratelimit", v);
-                        }
-                        if let Some(v) = ratelimit::policy_header(&ds)
-                            .and_then(|v| HeaderValue::from_str(&v).ok())
-                        {
-                            h.insert("ratelimit-policy", v);
-                        }
-                    }
+                    add_rate_limit_headers(&limiter, &ds, &mut resp);
                     Ok(resp)
                 }
-                Verdict::Limited(ds) => Ok(ratelimit::limited_problem(&ds).into_response()),
-                Verdict::Unavailable => Ok(ratelimit::unavailable_problem().into_response()),
+                Err(refusal) => Ok(refusal),
             }
         })
+    }
+}
+
+/// Checks a request against the rate limiter (after authentication, so the
+/// principal is known): the applied policies, or the `429`/`503` to send.
+/// A disabled limiter allows everything with no policies. Shared by
+/// [`RateLimitService`] and the fused [`crate::stack::ProductionService`].
+///
+/// Takes the request's parts rather than the request: a body type need not
+/// be `Sync` for the future to be `Send`.
+pub(crate) async fn check_rate_limit(
+    limiter: &RateLimiter,
+    method: &http::Method,
+    path: &str,
+    ext: &http::Extensions,
+) -> Result<Vec<ratelimit::PolicyDecision>, Response> {
+    if !limiter.config().enabled {
+        return Ok(Vec::new());
+    }
+    let ip = ext
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
+    let verdict = limiter
+        .check(RequestInfo {
+            method,
+            path,
+            principal: ext.get::<Principal>(),
+            ip,
+        })
+        .await;
+    match verdict {
+        Verdict::Allowed(ds) => Ok(ds),
+        Verdict::Limited(ds) => Err(ratelimit::limited_problem(&ds).into_response()),
+        Verdict::Unavailable => Err(ratelimit::unavailable_problem().into_response()),
+    }
+}
+
+/// `RateLimit` / `RateLimit-Policy` on an allowed request's response, when
+/// `headers_on_success` is set.
+pub(crate) fn add_rate_limit_headers(
+    limiter: &RateLimiter,
+    ds: &[ratelimit::PolicyDecision],
+    resp: &mut Response,
+) {
+    if !limiter.config().headers_on_success {
+        return;
+    }
+    let h = resp.headers_mut();
+    if let Some(v) = ratelimit::ratelimit_header(ds).and_then(|v| HeaderValue::from_str(&v).ok()) {
+        h.insert("ratelimit", v);
+    }
+    if let Some(v) = ratelimit::policy_header(ds).and_then(|v| HeaderValue::from_str(&v).ok()) {
+        h.insert("ratelimit-policy", v);
     }
 }
 

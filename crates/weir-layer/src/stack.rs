@@ -16,20 +16,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, MatchedPath};
-use axum::response::{IntoResponse, Response};
+use axum::extract::MatchedPath;
+use axum::response::Response;
 use futures::future::BoxFuture;
-use http::{HeaderValue, Request};
+use http::Request;
 use metrics::{Counter, Histogram};
 use parking_lot::RwLock;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::Authenticator;
-use crate::http::{ClientIp, InFlight, begin_request, method_label, method_name, stamp};
+use crate::http::{
+    InFlight, add_rate_limit_headers, authenticate, begin_request, check_rate_limit, method_name,
+    stamp,
+};
 use crate::metrics::names;
-use crate::principal::AuthError;
-use crate::ratelimit::{self, RateLimiter, RequestInfo, Verdict};
+use crate::ratelimit::RateLimiter;
 
 /// Request id, metrics, authentication and rate limits (see the module
 /// docs); mount it with `Router::layer` so `MatchedPath` is known.
@@ -167,7 +169,9 @@ where
     }
 }
 
-/// Authentication, then the rate limit, then the handler.
+/// Authentication, then the rate limit, then the handler — the same steps
+/// (the same functions) as [`crate::http::AuthService`] and
+/// [`crate::http::RateLimitService`].
 async fn run<S, B>(
     shared: &Shared,
     inner: &mut S,
@@ -176,67 +180,18 @@ async fn run<S, B>(
 where
     S: Service<Request<B>, Response = Response>,
 {
-    let auth = &shared.auth;
-    let skip = req.method() == http::Method::OPTIONS || auth.is_public(req.uri().path());
-    let principal = if skip {
-        Ok(auth.anonymous().clone())
-    } else {
-        auth.authenticate(req.headers()).await
-    };
-    let principal = match principal {
-        Ok(p) => p,
-        Err(e) => {
-            let method = method_label(req.headers());
-            metrics::counter!(names::AUTH_FAILURES, "method" => method, "reason" => e.label())
-                .increment(1);
-            if matches!(e, AuthError::Unavailable(_)) {
-                tracing::warn!(error = %e, "authentication unavailable");
-            } else {
-                tracing::info!(reason = e.label(), error = %e, "authentication refused");
-            }
-            return Ok(e.to_problem().into_response());
-        }
-    };
-    let span = tracing::Span::current();
-    span.record("tenant", principal.tenant.as_str());
-    span.record("principal", principal.subject.as_str());
-    req.extensions_mut().insert(principal);
-
-    let Some(limiter) = shared.limiter.as_ref().filter(|l| l.config().enabled) else {
+    if let Err(refusal) = authenticate(&shared.auth, &mut req).await {
+        return Ok(refusal);
+    }
+    let Some(limiter) = shared.limiter.as_deref() else {
         return inner.call(req).await;
     };
-    let ip = req.extensions().get::<ClientIp>().map(|c| c.0).or_else(|| {
-        req.extensions()
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip())
-    });
-    let verdict = limiter
-        .check(RequestInfo {
-            method: req.method(),
-            path: req.uri().path(),
-            principal: req.extensions().get(),
-            ip,
-        })
-        .await;
-    match verdict {
-        Verdict::Allowed(ds) => {
+    match check_rate_limit(limiter, req.method(), req.uri().path(), req.extensions()).await {
+        Ok(ds) => {
             let mut resp = inner.call(req).await?;
-            if limiter.config().headers_on_success {
-                let h = resp.headers_mut();
-                if let Some(v) =
-                    ratelimit::ratelimit_header(&ds).and_then(|v| HeaderValue::from_str(&v).ok())
-                {
-                    h.insert("ratelimit", v);
-                }
-                if let Some(v) =
-                    ratelimit::policy_header(&ds).and_then(|v| HeaderValue::from_str(&v).ok())
-                {
-                    h.insert("ratelimit-policy", v);
-                }
-            }
+            add_rate_limit_headers(limiter, &ds, &mut resp);
             Ok(resp)
         }
-        Verdict::Limited(ds) => Ok(ratelimit::limited_problem(&ds).into_response()),
-        Verdict::Unavailable => Ok(ratelimit::unavailable_problem().into_response()),
+        Err(refusal) => Ok(refusal),
     }
 }

@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::metrics::{LiveMode, LiveReader};
 
 /// Configured limits (`[limits]` in the configuration file).
 #[derive(Clone, Debug)]
@@ -77,10 +78,17 @@ pub struct Shedder {
     retry_after_secs: u64,
 }
 
-/// A live reader's slot; released when dropped.
-#[derive(Debug)]
+/// A live reader's slot: its share of the live-reader budget and its count
+/// in `weir_live_readers{mode}`, both released when dropped.
 pub struct LiveSlot {
     _permit: OwnedSemaphorePermit,
+    _reader: LiveReader,
+}
+
+impl std::fmt::Debug for LiveSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSlot").finish_non_exhaustive()
+    }
 }
 
 impl Shedder {
@@ -95,8 +103,8 @@ impl Shedder {
         }
     }
 
-    fn overloaded(&self, what: &str) -> ApiError {
-        metrics::counter!("weir_shed_total", "reason" => what.to_owned()).increment(1);
+    fn overloaded(&self, what: &'static str) -> ApiError {
+        metrics::counter!(weir_layer::metrics::names::SHED, "reason" => what).increment(1);
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
@@ -106,9 +114,12 @@ impl Shedder {
     }
 
     /// Takes a live reader slot, or refuses with `503 overloaded`.
-    pub fn live(&self) -> Result<LiveSlot, ApiError> {
+    pub(crate) fn live(&self, mode: LiveMode) -> Result<LiveSlot, ApiError> {
         match self.live.clone().try_acquire_owned() {
-            Ok(p) => Ok(LiveSlot { _permit: p }),
+            Ok(p) => Ok(LiveSlot {
+                _permit: p,
+                _reader: LiveReader::enter(mode),
+            }),
             Err(_) => Err(self.overloaded("live_readers")),
         }
     }
@@ -266,13 +277,13 @@ mod tests {
             max_live_readers: 2,
             ..Limits::default()
         });
-        let a = s.live();
-        let b = s.live();
+        let a = s.live(LiveMode::Sse);
+        let b = s.live(LiveMode::LongPoll);
         assert!(a.is_ok() && b.is_ok());
-        let c = s.live();
+        let c = s.live(LiveMode::Sse);
         assert!(c.is_err_and(|e| e.code == "overloaded" && e.status == 503));
         drop(a);
-        assert!(s.live().is_ok());
+        assert!(s.live(LiveMode::Sse).is_ok());
         assert_eq!(s.live_in_use(2), 1);
     }
 }

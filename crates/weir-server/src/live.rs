@@ -26,7 +26,7 @@ use weir_storage::{ReadChunk, TailWatch};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::headers;
-use crate::metrics::{LiveMode, LiveReader};
+use crate::metrics::LiveMode;
 use crate::query::ReadQuery;
 use crate::streams::{cache_control, data_response, etag};
 
@@ -70,8 +70,7 @@ pub async fn long_poll(
     name: StreamName,
     q: ReadQuery,
 ) -> Result<Response, ApiError> {
-    let _slot = st.shedder.live()?;
-    let _reader = LiveReader::enter(LiveMode::LongPoll);
+    let _slot = st.shedder.live(LiveMode::LongPoll)?;
     let mut watch = st.storage.watch(&name).await?;
     let mut timer = Box::pin(tokio::time::sleep(st.config.long_poll_timeout));
     let mut from = q.offset.unwrap_or(ReadFrom::Start);
@@ -153,14 +152,13 @@ struct SseState {
     timer: Pin<Box<Sleep>>,
     sent_control: bool,
     done: bool,
-    /// Held while the SSE body is open (released when the client goes).
+    /// Held while the SSE body is open (released when the client goes):
+    /// the live-reader budget and `weir_live_readers{mode="sse"}`.
     _slot: crate::limits::LiveSlot,
-    /// Counts this reader in `weir_live_readers{mode="sse"}` meanwhile.
-    _reader: LiveReader,
 }
 
 pub async fn sse(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Response, ApiError> {
-    let slot = st.shedder.live()?;
+    let slot = st.shedder.live(LiveMode::Sse)?;
     let watch = st.storage.watch(&name).await?;
     let first = st
         .storage
@@ -190,7 +188,6 @@ pub async fn sse(st: &AppState, name: StreamName, q: ReadQuery) -> Result<Respon
         sent_control: false,
         done: false,
         _slot: slot,
-        _reader: LiveReader::enter(LiveMode::Sse),
     };
     let stream = futures::stream::unfold(state, |mut s| async move {
         let frame = next_frame(&mut s).await?;

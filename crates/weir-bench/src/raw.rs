@@ -29,20 +29,14 @@ impl Poster {
         body: &[u8],
         api_key: Option<&str>,
     ) -> anyhow::Result<Poster> {
-        let host = base
-            .strip_prefix("http://")
-            .context("the raw client speaks plain http:// only")?
-            .trim_end_matches('/');
-        let stream = TcpStream::connect(host).await?;
-        stream.set_nodelay(true)?;
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n",
-            body.len()
+        let (stream, host) = connect(base).await?;
+        let request = head(
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n",
+                body.len()
+            ),
+            api_key,
         );
-        if let Some(k) = api_key {
-            request.push_str(&format!("x-api-key: {k}\r\n"));
-        }
-        request.push_str("\r\n");
         let mut request = request.into_bytes();
         request.extend_from_slice(body);
         Ok(Poster {
@@ -134,6 +128,26 @@ impl Poster {
     }
 }
 
+/// A no-delay connection to `base` (`http://host:port`) and its host part.
+async fn connect(base: &str) -> anyhow::Result<(TcpStream, &str)> {
+    let host = base
+        .strip_prefix("http://")
+        .context("the raw client speaks plain http:// only")?
+        .trim_end_matches('/');
+    let stream = TcpStream::connect(host).await?;
+    stream.set_nodelay(true)?;
+    Ok((stream, host))
+}
+
+/// Ends a request head: the optional `X-Api-Key` line, then the blank line.
+fn head(mut lines: String, api_key: Option<&str>) -> String {
+    if let Some(k) = api_key {
+        lines.push_str(&format!("x-api-key: {k}\r\n"));
+    }
+    lines.push_str("\r\n");
+    lines
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -154,19 +168,16 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// Opens `GET path` on a new connection (an SSE or other streaming read)
 /// and returns the socket once the response head is in, with whatever body
 /// bytes arrived with it.
-pub async fn open_stream(base: &str, path: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
-    let host = base
-        .strip_prefix("http://")
-        .context("the raw client speaks plain http:// only")?
-        .trim_end_matches('/');
-    let mut stream = TcpStream::connect(host).await?;
-    stream.set_nodelay(true)?;
-    let mut request =
-        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\naccept: text/event-stream\r\n");
-    if let Ok(k) = std::env::var("WEIR_BENCH_API_KEY") {
-        request.push_str(&format!("x-api-key: {k}\r\n"));
-    }
-    request.push_str("\r\n");
+pub async fn open_stream(
+    base: &str,
+    path: &str,
+    api_key: Option<&str>,
+) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let (mut stream, host) = connect(base).await?;
+    let request = head(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\naccept: text/event-stream\r\n"),
+        api_key,
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(4096);
     loop {

@@ -430,10 +430,15 @@ async fn fanout(
     // cores with the server, so its per-event cost must stay small.
     for _ in 0..readers {
         let (root, path, connected) = (root.to_owned(), path.clone(), connected.clone());
+        let key = std::env::var("WEIR_BENCH_API_KEY").ok();
         tasks.push(tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
-            let (mut sock, mut buf) =
-                crate::raw::open_stream(&root, &format!("{path}?offset=now&live=sse")).await?;
+            let (mut sock, mut buf) = crate::raw::open_stream(
+                &root,
+                &format!("{path}?offset=now&live=sse"),
+                key.as_deref(),
+            )
+            .await?;
             connected.fetch_add(1, Ordering::Relaxed);
             let mut lat = Vec::with_capacity(messages);
             let mut tmp = vec![0u8; 16 * 1024];

@@ -126,71 +126,179 @@ pub struct Applied {
     pub applied_at: u64,
 }
 
-/// Checks applied migrations (oldest first) against the code; returns the
-/// current version.
-pub fn verify_applied(applied: &[Applied]) -> Result<u32, MigrateError> {
-    for a in applied {
-        match MIGRATIONS.iter().find(|m| m.version == a.version) {
-            Some(m) if m.checksum() == a.checksum => {}
-            Some(m) => {
-                return Err(MigrateError::Checksum {
-                    version: a.version,
-                    name: m.name.into(),
+/// A component's own list of migrations with its own bookkeeping table.
+///
+/// The layer's tables are one set ([`LAYER`]); other components that keep
+/// state in the same database (sagas, the event inbox and outbox) bring
+/// theirs. Separate sets version independently — a saga migration never
+/// has to be numbered after the layer's — and each records its versions in
+/// its own table, so `weir migrate` can run, roll back and report them one
+/// by one, and a binary that does not know a set leaves its tables alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrationSet {
+    /// Short name used on the command line (`weir migrate up --set saga`).
+    pub name: &'static str,
+    /// Bookkeeping table: `(version, name, checksum, applied_at)`. Must be a
+    /// plain SQL identifier (`[a-z_][a-z0-9_]*`); it is spliced into SQL.
+    pub table: &'static str,
+    /// Oldest first. Append only: never edit a released entry.
+    pub migrations: &'static [Migration],
+}
+
+/// The production layer's own set (API keys, audit log, usage).
+pub const LAYER: MigrationSet = MigrationSet {
+    name: "layer",
+    table: "weir_migrations",
+    migrations: MIGRATIONS,
+};
+
+impl MigrationSet {
+    /// Refuses a bookkeeping table name that is not a plain identifier
+    /// (it is interpolated into SQL, so this is checked before any use).
+    pub fn check(&self) -> Result<(), MigrateError> {
+        let ok =
+            !self.table.is_empty()
+                && self.table.len() <= 63
+                && self.table.bytes().enumerate().all(|(i, b)| {
+                    b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit())
                 });
-            }
-            None => return Err(MigrateError::TooNew(a.version, latest())),
+        if ok {
+            Ok(())
+        } else {
+            Err(MigrateError::Db(format!(
+                "migration set {}: invalid bookkeeping table name {:?}",
+                self.name, self.table
+            )))
         }
     }
-    Ok(applied.last().map_or(0, |a| a.version))
-}
 
-fn known_target(target: u32) -> Result<(), MigrateError> {
-    if target != 0 && !MIGRATIONS.iter().any(|m| m.version == target) {
-        return Err(MigrateError::UnknownTarget(target));
+    /// `CREATE TABLE IF NOT EXISTS` for the bookkeeping table.
+    pub fn table_sql(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+    version BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at BIGINT NOT NULL
+)",
+            self.table
+        )
     }
-    Ok(())
+
+    /// Key for PostgreSQL's advisory lock while migrating this set: one
+    /// lock per set, so migrating sagas does not wait for the layer. The
+    /// layer's key stays the one earlier releases used.
+    pub fn lock_key(&self) -> i64 {
+        if self.table == LAYER.table {
+            return 0x7765_6972; // "weir"
+        }
+        let d = Sha256::digest(self.table.as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[..8]);
+        i64::from_be_bytes(b)
+    }
+
+    /// Checks applied migrations (oldest first) against the code; returns
+    /// the current version.
+    pub fn verify_applied(&self, applied: &[Applied]) -> Result<u32, MigrateError> {
+        for a in applied {
+            match self.migrations.iter().find(|m| m.version == a.version) {
+                Some(m) if m.checksum() == a.checksum => {}
+                Some(m) => {
+                    return Err(MigrateError::Checksum {
+                        version: a.version,
+                        name: m.name.into(),
+                    });
+                }
+                None => return Err(MigrateError::TooNew(a.version, self.latest())),
+            }
+        }
+        Ok(applied.last().map_or(0, |a| a.version))
+    }
+
+    fn known_target(&self, target: u32) -> Result<(), MigrateError> {
+        if target != 0 && !self.migrations.iter().any(|m| m.version == target) {
+            return Err(MigrateError::UnknownTarget(target));
+        }
+        Ok(())
+    }
+
+    /// The migrations to apply, in order, to go from `current` to `target`
+    /// (default: latest).
+    pub fn plan_up(
+        &self,
+        current: u32,
+        target: Option<u32>,
+    ) -> Result<Vec<&'static Migration>, MigrateError> {
+        let target = target.unwrap_or_else(|| self.latest());
+        self.known_target(target)?;
+        Ok(self
+            .migrations
+            .iter()
+            .filter(|m| m.version > current && m.version <= target)
+            .collect())
+    }
+
+    /// The migrations to roll back, newest first, to go from `current` down
+    /// to `target` (0: everything).
+    pub fn plan_down(
+        &self,
+        current: u32,
+        target: u32,
+    ) -> Result<Vec<&'static Migration>, MigrateError> {
+        self.known_target(target)?;
+        Ok(self
+            .migrations
+            .iter()
+            .rev()
+            .filter(|m| m.version > target && m.version <= current)
+            .collect())
+    }
+
+    /// Every known migration and whether it is applied.
+    pub fn status(&self, applied: &[Applied]) -> Vec<MigrationState> {
+        self.migrations
+            .iter()
+            .map(|m| MigrationState {
+                version: m.version,
+                name: m.name,
+                applied_at: applied
+                    .iter()
+                    .find(|a| a.version == m.version)
+                    .map(|a| a.applied_at),
+            })
+            .collect()
+    }
+
+    /// The version all migrations of the set lead to.
+    pub fn latest(&self) -> u32 {
+        self.migrations.last().map_or(0, |m| m.version)
+    }
 }
 
-/// The migrations to apply, in order, to go from `current` to `target`
-/// (default: latest).
+/// [`MigrationSet::verify_applied`] for the layer's set.
+pub fn verify_applied(applied: &[Applied]) -> Result<u32, MigrateError> {
+    LAYER.verify_applied(applied)
+}
+
+/// [`MigrationSet::plan_up`] for the layer's set.
 pub fn plan_up(current: u32, target: Option<u32>) -> Result<Vec<&'static Migration>, MigrateError> {
-    let target = target.unwrap_or_else(latest);
-    known_target(target)?;
-    Ok(MIGRATIONS
-        .iter()
-        .filter(|m| m.version > current && m.version <= target)
-        .collect())
+    LAYER.plan_up(current, target)
 }
 
-/// The migrations to roll back, newest first, to go from `current` down to
-/// `target` (0: everything).
+/// [`MigrationSet::plan_down`] for the layer's set.
 pub fn plan_down(current: u32, target: u32) -> Result<Vec<&'static Migration>, MigrateError> {
-    known_target(target)?;
-    Ok(MIGRATIONS
-        .iter()
-        .rev()
-        .filter(|m| m.version > target && m.version <= current)
-        .collect())
+    LAYER.plan_down(current, target)
 }
 
-/// Every known migration and whether it is applied.
+/// [`MigrationSet::status`] for the layer's set.
 pub fn status(applied: &[Applied]) -> Vec<MigrationState> {
-    MIGRATIONS
-        .iter()
-        .map(|m| MigrationState {
-            version: m.version,
-            name: m.name,
-            applied_at: applied
-                .iter()
-                .find(|a| a.version == m.version)
-                .map(|a| a.applied_at),
-        })
-        .collect()
+    LAYER.status(applied)
 }
 
-/// The version all migrations lead to.
+/// The version all of the layer's migrations lead to.
 pub fn latest() -> u32 {
-    MIGRATIONS.last().map_or(0, |m| m.version)
+    LAYER.latest()
 }
 
 /// One row of `weir migrate status`.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use weir_layer::auth::apikey::{ApiKeyRecord, ApiKeyStore, ApiKeys, NewApiKey};
-use weir_layer::migrate::MigrationState;
+use weir_layer::migrate::{LAYER, MigrationSet, MigrationState};
 use weir_layer::secret::Secret;
 use weir_layer::store::postgres::PgStore;
 use weir_layer::store::sqlite::SqliteStore;
@@ -102,25 +102,35 @@ impl Db {
 
 #[derive(Subcommand, Debug)]
 pub enum MigrateCmd {
-    /// Apply pending migrations (up to `--to`).
+    /// Apply pending migrations of every set (or of `--set`, up to `--to`).
     Up {
+        /// Only this set (`weir migrate sets` lists them).
         #[arg(long)]
+        set: Option<String>,
+        /// Target version within `--set`.
+        #[arg(long, requires = "set")]
         to: Option<u32>,
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Roll back to version `--to` (0 = empty schema).
+    /// Roll one set back to version `--to` (0 = none of its tables).
     Down {
+        #[arg(long)]
+        set: Option<String>,
         #[arg(long)]
         to: u32,
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Show applied and pending migrations.
+    /// Show applied and pending migrations of every set (or of `--set`).
     Status {
+        #[arg(long)]
+        set: Option<String>,
         #[command(flatten)]
         db: DbArgs,
     },
+    /// List the migration sets this build knows.
+    Sets,
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,32 +183,94 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Every migration set this build knows, the layer's first. Each keeps its
+/// own bookkeeping table, so sets version (and roll back) independently.
+pub fn migration_sets() -> Vec<&'static MigrationSet> {
+    vec![&weir_layer::migrate::LAYER]
+}
+
+fn find_set(name: &str) -> anyhow::Result<&'static MigrationSet> {
+    migration_sets()
+        .into_iter()
+        .find(|s| s.name == name)
+        .with_context(|| {
+            let known: Vec<_> = migration_sets().iter().map(|s| s.name).collect();
+            format!("no migration set {name:?} (known: {})", known.join(", "))
+        })
+}
+
+impl Db {
+    async fn set_up(&self, set: &MigrationSet, to: Option<u32>) -> anyhow::Result<Vec<u32>> {
+        match self {
+            Db::Postgres(p) => Ok(p.migrate_set_up(set, to).await?),
+            Db::Sqlite(_) if set.name == LAYER.name => self.up(to).await,
+            Db::Sqlite(_) => bail!("migration set {} needs PostgreSQL", set.name),
+        }
+    }
+
+    async fn set_down(&self, set: &MigrationSet, to: u32) -> anyhow::Result<Vec<u32>> {
+        match self {
+            Db::Postgres(p) => Ok(p.migrate_set_down(set, to).await?),
+            Db::Sqlite(_) if set.name == LAYER.name => self.down(to).await,
+            Db::Sqlite(_) => bail!("migration set {} needs PostgreSQL", set.name),
+        }
+    }
+
+    async fn set_status(&self, set: &MigrationSet) -> anyhow::Result<Vec<MigrationState>> {
+        match self {
+            Db::Postgres(p) => Ok(p.migrate_set_status(set).await?),
+            Db::Sqlite(_) if set.name == LAYER.name => self.status().await,
+            Db::Sqlite(_) => bail!("migration set {} needs PostgreSQL", set.name),
+        }
+    }
+}
+
 pub fn migrate(cmd: MigrateCmd) -> anyhow::Result<()> {
-    let (db, target, status_only, down) = match &cmd {
-        MigrateCmd::Up { to, db } => (db, *to, false, false),
-        MigrateCmd::Down { to, db } => (db, Some(*to), false, true),
-        MigrateCmd::Status { db } => (db, None, true, false),
+    let (db, set) = match &cmd {
+        MigrateCmd::Sets => {
+            for s in migration_sets() {
+                println!("{:<8} table {:<24} latest {}", s.name, s.table, s.latest());
+            }
+            return Ok(());
+        }
+        MigrateCmd::Up { db, set, .. }
+        | MigrateCmd::Down { db, set, .. }
+        | MigrateCmd::Status { db, set } => (db, set.as_deref()),
+    };
+    let chosen = match set {
+        Some(name) => vec![find_set(name)?],
+        None => migration_sets(),
     };
     let (store, _) = db.open()?;
+    let sqlite = matches!(store, Db::Sqlite(_));
     runtime()?.block_on(async move {
-        if !status_only {
-            let changed = if down {
-                store.down(target.unwrap_or(0)).await?
-            } else {
-                store.up(target).await?
-            };
-            println!(
-                "{} {:?}",
-                if down { "rolled back" } else { "applied" },
-                changed
-            );
-        }
-        for m in store.status().await? {
-            let state = match m.applied_at {
-                Some(t) => format!("applied at {t}"),
-                None => "pending".to_owned(),
-            };
-            println!("{:>4}  {:<40} {state}", m.version, m.name);
+        for set in &chosen {
+            // A SQLite database holds only the layer's tables; the other
+            // sets are skipped unless asked for by name.
+            if sqlite && set.name != LAYER.name && chosen.len() > 1 {
+                continue;
+            }
+            match &cmd {
+                MigrateCmd::Up { to, .. } => {
+                    let done = store.set_up(set, *to).await?;
+                    println!("{}: applied {done:?}", set.name);
+                }
+                MigrateCmd::Down { to, .. } => {
+                    if chosen.len() > 1 {
+                        bail!("`weir migrate down` rolls back one set: pass --set NAME");
+                    }
+                    let done = store.set_down(set, *to).await?;
+                    println!("{}: rolled back {done:?}", set.name);
+                }
+                MigrateCmd::Status { .. } | MigrateCmd::Sets => {}
+            }
+            for m in store.set_status(set).await? {
+                let state = match m.applied_at {
+                    Some(t) => format!("applied at {t}"),
+                    None => "pending".to_owned(),
+                };
+                println!("{:<8} {:>4}  {:<40} {state}", set.name, m.version, m.name);
+            }
         }
         Ok(())
     })

@@ -24,14 +24,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::auth::apikey::{ApiKeyRecord, ApiKeyStore, StoreError};
-use crate::migrate::{self, Applied, MigrateError, MigrationState};
+use crate::migrate::{self, Applied, MigrateError, MigrationSet, MigrationState};
 use crate::store::{
     AuditEntry, AuditLog, AuditQuery, UsageCounters, UsageDelta, UsageLog, UsageQuery, UsageRow,
     usage_window,
 };
-
-/// Advisory lock key held while migrating ("weir" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7765_6972;
 
 /// A PostgreSQL database holding the layer's tables.
 #[derive(Clone)]
@@ -197,113 +194,203 @@ impl PgStore {
 
     // ------------------------------------------------------------ migrations
 
-    /// A connection of its own holding the migration lock, with the
-    /// bookkeeping table in place.
-    async fn migrator(&self) -> Result<Client, MigrateError> {
-        let c = self.connect().await.map_err(db)?;
-        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(db)?;
-        c.batch_execute(migrate::MIGRATIONS_TABLE)
-            .await
-            .map_err(db)?;
-        Ok(c)
-    }
-
-    async fn applied(c: &Client) -> Result<Vec<Applied>, MigrateError> {
-        let rows = c
-            .query(
-                "SELECT version, checksum, applied_at FROM weir_migrations ORDER BY version",
-                &[],
-            )
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok(Applied {
-                    version: u32::try_from(r.try_get::<_, i64>(0).map_err(db)?)
-                        .map_err(|e| MigrateError::Db(e.to_string()))?,
-                    checksum: r.try_get(1).map_err(db)?,
-                    applied_at: u64_of(r.try_get(2).map_err(db)?),
-                })
-            })
-            .collect()
-    }
-
-    /// Runs one step in a transaction: its script, then the bookkeeping.
-    async fn step(
-        c: &Client,
-        m: &migrate::Migration,
-        script: &str,
-        record: Option<i64>,
-    ) -> Result<(), MigrateError> {
-        let fail = |e: tokio_postgres::Error| MigrateError::Step {
-            version: m.version,
-            message: describe(&e),
-        };
-        c.batch_execute("BEGIN").await.map_err(fail)?;
-        let run = async {
-            c.batch_execute(script).await?;
-            match record {
-                Some(at) => {
-                    c.execute(
-                        "INSERT INTO weir_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
-                        &[&i64::from(m.version), &m.name, &m.checksum(), &at],
-                    )
-                    .await?;
-                }
-                None => {
-                    c.execute(
-                        "DELETE FROM weir_migrations WHERE version = $1",
-                        &[&i64::from(m.version)],
-                    )
-                    .await?;
-                }
-            }
-            c.batch_execute("COMMIT").await
-        };
-        if let Err(e) = run.await {
-            // The connection is dropped right after anyway; ROLLBACK keeps it clean.
-            let _ = c.batch_execute("ROLLBACK").await;
-            return Err(fail(e));
-        }
-        Ok(())
-    }
-
-    /// Applies pending migrations up to `target` (default: latest); returns
-    /// the versions applied.
+    /// Applies the layer's pending migrations up to `target` (default:
+    /// latest) on a connection of its own; returns the versions applied.
     pub async fn migrate_up(&self, target: Option<u32>) -> Result<Vec<u32>, MigrateError> {
-        let c = self.migrator().await?;
-        let current = migrate::verify_applied(&Self::applied(&c).await?)?;
-        let mut done = Vec::new();
-        for m in migrate::plan_up(current, target)? {
-            let now = i64_of(now_secs());
-            Self::step(&c, m, m.up, Some(now)).await?;
-            done.push(m.version);
-        }
-        Ok(done)
+        self.migrate_set_up(&migrate::LAYER, target).await
     }
 
-    /// Rolls back applied migrations above `target` (0: everything), newest
-    /// first; returns the versions rolled back.
+    /// Rolls back the layer's migrations above `target` (0: everything).
     pub async fn migrate_down(&self, target: u32) -> Result<Vec<u32>, MigrateError> {
-        let c = self.migrator().await?;
-        let current = migrate::verify_applied(&Self::applied(&c).await?)?;
+        self.migrate_set_down(&migrate::LAYER, target).await
+    }
+
+    /// Every migration of the layer and whether it is applied.
+    pub async fn migrate_status(&self) -> Result<Vec<MigrationState>, MigrateError> {
+        self.migrate_set_status(&migrate::LAYER).await
+    }
+
+    /// [`migrate_up`] for any set, on a connection of its own.
+    pub async fn migrate_set_up(
+        &self,
+        set: &MigrationSet,
+        target: Option<u32>,
+    ) -> Result<Vec<u32>, MigrateError> {
+        let c = self.connect().await.map_err(db)?;
+        migrate_up(&c, set, target).await
+    }
+
+    /// [`migrate_down`] for any set, on a connection of its own.
+    pub async fn migrate_set_down(
+        &self,
+        set: &MigrationSet,
+        target: u32,
+    ) -> Result<Vec<u32>, MigrateError> {
+        let c = self.connect().await.map_err(db)?;
+        migrate_down(&c, set, target).await
+    }
+
+    /// [`migrate_status`] for any set, on a connection of its own.
+    pub async fn migrate_set_status(
+        &self,
+        set: &MigrationSet,
+    ) -> Result<Vec<MigrationState>, MigrateError> {
+        let c = self.connect().await.map_err(db)?;
+        migrate_status(&c, set).await
+    }
+}
+
+// ---------------------------------------------------------------- migrations
+//
+// Free functions over a caller's connection so that every component keeping
+// tables in PostgreSQL (the layer, sagas, the event inbox/outbox) migrates
+// the same way. The connection must not be used concurrently while they run:
+// each step is a BEGIN … COMMIT on it, and the set's advisory lock is a
+// session lock held from start to finish (so two processes starting at once
+// apply each step once).
+
+/// Applies `set`'s pending migrations up to `target` (default: latest);
+/// returns the versions applied.
+pub async fn migrate_up(
+    c: &Client,
+    set: &MigrationSet,
+    target: Option<u32>,
+) -> Result<Vec<u32>, MigrateError> {
+    locked(c, set, async {
+        let current = set.verify_applied(&applied(c, set).await?)?;
         let mut done = Vec::new();
-        for m in migrate::plan_down(current, target)? {
-            Self::step(&c, m, m.down, None).await?;
+        for m in set.plan_up(current, target)? {
+            let now = i64_of(now_secs());
+            step(c, set, m, m.up, Some(now)).await?;
             done.push(m.version);
         }
         Ok(done)
-    }
+    })
+    .await
+}
 
-    /// Every known migration and whether it is applied.
-    pub async fn migrate_status(&self) -> Result<Vec<MigrationState>, MigrateError> {
-        let c = self.migrator().await?;
-        let applied = Self::applied(&c).await?;
-        migrate::verify_applied(&applied)?;
-        Ok(migrate::status(&applied))
+/// Rolls back `set`'s applied migrations above `target` (0: everything),
+/// newest first; returns the versions rolled back.
+pub async fn migrate_down(
+    c: &Client,
+    set: &MigrationSet,
+    target: u32,
+) -> Result<Vec<u32>, MigrateError> {
+    locked(c, set, async {
+        let current = set.verify_applied(&applied(c, set).await?)?;
+        let mut done = Vec::new();
+        for m in set.plan_down(current, target)? {
+            step(c, set, m, m.down, None).await?;
+            done.push(m.version);
+        }
+        Ok(done)
+    })
+    .await
+}
+
+/// Every migration of `set` and whether it is applied.
+pub async fn migrate_status(
+    c: &Client,
+    set: &MigrationSet,
+) -> Result<Vec<MigrationState>, MigrateError> {
+    locked(c, set, async {
+        let applied = applied(c, set).await?;
+        set.verify_applied(&applied)?;
+        Ok(set.status(&applied))
+    })
+    .await
+}
+
+/// Runs `f` holding the set's advisory lock, with its bookkeeping table in
+/// place; the lock is released afterwards whatever `f` returned.
+async fn locked<T>(
+    c: &Client,
+    set: &MigrationSet,
+    f: impl std::future::Future<Output = Result<T, MigrateError>>,
+) -> Result<T, MigrateError> {
+    set.check()?;
+    let key = set.lock_key();
+    c.execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .map_err(db)?;
+    let out = match c.batch_execute(&set.table_sql()).await {
+        Ok(()) => f.await,
+        Err(e) => Err(db(e)),
+    };
+    let unlock = c
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .map_err(db);
+    let out = out?;
+    unlock?;
+    Ok(out)
+}
+
+async fn applied(c: &Client, set: &MigrationSet) -> Result<Vec<Applied>, MigrateError> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT version, checksum, applied_at FROM {} ORDER BY version",
+                set.table
+            ),
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            Ok(Applied {
+                version: u32::try_from(r.try_get::<_, i64>(0).map_err(db)?)
+                    .map_err(|e| MigrateError::Db(e.to_string()))?,
+                checksum: r.try_get(1).map_err(db)?,
+                applied_at: u64_of(r.try_get(2).map_err(db)?),
+            })
+        })
+        .collect()
+}
+
+/// Runs one step in a transaction: its script, then the bookkeeping.
+async fn step(
+    c: &Client,
+    set: &MigrationSet,
+    m: &migrate::Migration,
+    script: &str,
+    record: Option<i64>,
+) -> Result<(), MigrateError> {
+    let fail = |e: tokio_postgres::Error| MigrateError::Step {
+        version: m.version,
+        message: describe(&e),
+    };
+    c.batch_execute("BEGIN").await.map_err(fail)?;
+    let run = async {
+        c.batch_execute(script).await?;
+        match record {
+            Some(at) => {
+                c.execute(
+                    &format!(
+                        "INSERT INTO {} (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
+                        set.table
+                    ),
+                    &[&i64::from(m.version), &m.name, &m.checksum(), &at],
+                )
+                .await?;
+            }
+            None => {
+                c.execute(
+                    &format!("DELETE FROM {} WHERE version = $1", set.table),
+                    &[&i64::from(m.version)],
+                )
+                .await?;
+            }
+        }
+        c.batch_execute("COMMIT").await
+    };
+    if let Err(e) = run.await {
+        // Leaves the connection clean for the caller.
+        let _ = c.batch_execute("ROLLBACK").await;
+        return Err(fail(e));
     }
+    Ok(())
 }
 
 fn now_secs() -> u64 {

@@ -490,3 +490,89 @@ async fn unreachable_database_is_a_clear_error() {
     assert!(t.elapsed() < Duration::from_millis(200));
     assert!(PgStore::new("postgres://h:notaport/db").is_err());
 }
+
+/// A component's own migration set versions independently of the layer's:
+/// its own bookkeeping table, its own advisory lock, up/down/up without
+/// touching the layer's tables — and a bad table name is refused before
+/// any SQL runs.
+#[tokio::test]
+async fn migration_sets_version_independently() {
+    use weir_layer::migrate::{LAYER, Migration, MigrationSet};
+    use weir_layer::store::postgres::{migrate_down, migrate_status, migrate_up};
+
+    const SET: MigrationSet = MigrationSet {
+        name: "widgets",
+        table: "weir_widgets_migrations",
+        migrations: &[
+            Migration {
+                version: 1,
+                name: "widgets",
+                up: "CREATE TABLE weir_widgets (id TEXT PRIMARY KEY)",
+                down: "DROP TABLE weir_widgets",
+            },
+            Migration {
+                version: 2,
+                name: "widgets_size",
+                up: "ALTER TABLE weir_widgets ADD COLUMN size BIGINT NOT NULL DEFAULT 0",
+                down: "ALTER TABLE weir_widgets DROP COLUMN size",
+            },
+        ],
+    };
+    let db = TestDb::create("sets").await;
+    let store = db.store();
+    let c = db.db.connect().await.unwrap();
+
+    assert_eq!(migrate_up(&c, &SET, None).await.unwrap(), vec![1, 2]);
+    assert_eq!(migrate_up(&c, &SET, None).await.unwrap(), Vec::<u32>::new());
+    // The layer's set is untouched by the widgets' set…
+    assert!(
+        store
+            .migrate_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.applied_at.is_none())
+    );
+    assert_eq!(
+        tables(&store, &db).await,
+        vec![
+            "weir_widgets".to_owned(),
+            "weir_widgets_migrations".to_owned()
+        ]
+    );
+    // …and the other way round.
+    assert_eq!(
+        store.migrate_set_up(&LAYER, None).await.unwrap().len(),
+        MIGRATIONS.len()
+    );
+    assert_eq!(migrate_down(&c, &SET, 1).await.unwrap(), vec![2]);
+    let st = migrate_status(&c, &SET).await.unwrap();
+    assert!(st[0].applied_at.is_some() && st[1].applied_at.is_none());
+    assert_eq!(migrate_down(&c, &SET, 0).await.unwrap(), vec![1]);
+    assert!(
+        !tables(&store, &db)
+            .await
+            .contains(&"weir_widgets".to_owned())
+    );
+    assert_eq!(migrate_up(&c, &SET, None).await.unwrap(), vec![1, 2]);
+    // The connection is usable afterwards (the lock was released, no open
+    // transaction), and another connection can take the set's lock.
+    c.simple_query("SELECT 1").await.unwrap();
+    let other = db.db.connect().await.unwrap();
+    assert_eq!(migrate_status(&other, &SET).await.unwrap().len(), 2);
+
+    const BAD: MigrationSet = MigrationSet {
+        name: "bad",
+        table: "x; DROP TABLE weir_widgets",
+        migrations: &[],
+    };
+    assert!(matches!(
+        migrate_up(&c, &BAD, None).await,
+        Err(MigrateError::Db(_))
+    ));
+    assert!(
+        tables(&store, &db)
+            .await
+            .contains(&"weir_widgets".to_owned())
+    );
+}

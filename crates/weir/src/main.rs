@@ -1,6 +1,7 @@
 //! `weir`: the command line entry point.
 
 mod admin_cmd;
+mod bridge_cmd;
 mod config;
 mod serve;
 mod service_cmd;
@@ -46,6 +47,8 @@ enum Command {
     /// Scaffold a new crate.
     #[command(subcommand)]
     New(service_cmd::NewCmd),
+    /// Append NATS subjects to Weir durable streams, exactly once (docs/bridge.md).
+    Bridge(bridge_cmd::BridgeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Services(a) => service_cmd::services(a),
         Command::Call(a) => service_cmd::call(a),
         Command::New(cmd) => service_cmd::new(cmd),
+        Command::Bridge(a) => bridge_cmd::run(a),
         Command::Config(ConfigCmd::Print(o)) => {
             print!("{}", config::Config::load(&o)?.to_toml()?);
             Ok(())

@@ -9,6 +9,8 @@
 //!   bulkhead, auth (the production layer's verifier), per-caller rate limits;
 //! * [`contract`] and [`macro@service`] — typed contracts with JSON Schemas;
 //! * [`micro`] — ADR-32 types, discovery client, TTL registry;
+//! * [`durable`] — durable events on JetStream: families, durable
+//!   listeners with retries and a dead-letter stream, replay, dedupe;
 //! * [`runner`] — many services in one process, drain on SIGTERM.
 //!
 //! See `docs/services.md`.
@@ -16,6 +18,8 @@
 pub mod client;
 pub mod context;
 pub mod contract;
+#[cfg(feature = "jetstream")]
+pub mod durable;
 pub mod error;
 pub mod headers;
 pub mod metrics;

@@ -25,3 +25,27 @@ pub const SLOW_CONSUMERS: &str = "weir_service_slow_consumers_total";
 pub const DISCONNECTS: &str = "weir_service_disconnects_total";
 /// Counter `{service, timer}`: timer runs.
 pub const TIMER_RUNS: &str = "weir_service_timer_runs_total";
+
+// Durable events (`durable` module, docs/events.md).
+
+/// Counter `{duplicate}`: durable publishes acknowledged by a stream.
+pub const EVENTS_PUBLISHED: &str = "weir_events_published_total";
+/// Counter `{consumer, result}` (`ok`, `retry`, `dead_letter`, `skipped`):
+/// durable deliveries by outcome.
+pub const EVENTS_HANDLED: &str = "weir_events_handled_total";
+/// Histogram `{consumer}`: durable handler time, seconds.
+pub const EVENTS_DURATION: &str = "weir_events_handle_duration_seconds";
+/// Counter `{consumer}`: deliveries that were redeliveries (count > 1).
+pub const EVENTS_REDELIVERIES: &str = "weir_events_redeliveries_total";
+/// Counter `{consumer}`: events moved to the dead-letter stream.
+pub const EVENTS_DEAD_LETTERED: &str = "weir_events_dead_lettered_total";
+/// Counter `{consumer, ledger}` (`kv`, `postgres`): events skipped because
+/// their id was already handled.
+pub const EVENTS_LEDGER_HITS: &str = "weir_events_ledger_hits_total";
+/// Gauge `{consumer}`: messages not yet delivered to the consumer (its
+/// lag), polled from the consumer info.
+pub const EVENTS_PENDING: &str = "weir_events_consumer_pending";
+/// Gauge `{consumer}`: delivered and not yet acknowledged.
+pub const EVENTS_ACK_PENDING: &str = "weir_events_consumer_ack_pending";
+/// Counter `{result}` (`published`, `error`): outbox rows relayed.
+pub const EVENTS_OUTBOX_RELAYED: &str = "weir_events_outbox_relayed_total";

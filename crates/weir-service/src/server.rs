@@ -83,6 +83,8 @@ pub struct ServiceBuilder {
     endpoints: Vec<EndpointDef>,
     listeners: Vec<ListenerDef>,
     timers: Vec<TimerDef>,
+    #[cfg(feature = "jetstream")]
+    durables: Vec<crate::durable::DurableListener>,
     layers: Vec<Arc<dyn Layer>>,
     default_layers: bool,
     max_handler_time: Duration,
@@ -117,6 +119,8 @@ impl ServiceBuilder {
             endpoints: Vec::new(),
             listeners: Vec::new(),
             timers: Vec::new(),
+            #[cfg(feature = "jetstream")]
+            durables: Vec::new(),
             layers: Vec::new(),
             default_layers: true,
             max_handler_time: Duration::from_secs(60),
@@ -208,6 +212,14 @@ impl ServiceBuilder {
             delivery,
             handler: Arc::new(move |e| Box::pin(f(e))),
         });
+        self
+    }
+
+    /// A durable listener on a JetStream family (see [`crate::durable`]);
+    /// the transport must have JetStream.
+    #[cfg(feature = "jetstream")]
+    pub fn durable(mut self, l: crate::durable::DurableListener) -> Self {
+        self.durables.push(l);
         self
     }
 
@@ -343,6 +355,18 @@ impl ServiceBuilder {
                 sub,
                 stop_rx.clone(),
             )));
+        }
+        #[cfg(feature = "jetstream")]
+        if !self.durables.is_empty() {
+            let js = transport.jetstream().ok_or_else(|| {
+                SetupError::Config(format!(
+                    "service `{}` declares durable listeners but its transport has no JetStream",
+                    self.name
+                ))
+            })?;
+            for d in self.durables {
+                tasks.push(d.start(&self.name, js.clone(), stop_rx.clone()).await?);
+            }
         }
         for verb in Verb::ALL {
             for subj in [

@@ -112,6 +112,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Waits until everything published so far reached the broker.
     async fn flush(&self) -> Result<(), TransportError>;
 
+    /// The JetStream context, for durable listeners (`None`: this
+    /// transport has no JetStream, and a service declaring one fails to start).
+    fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
+        None
+    }
+
     /// A key-value lease store for exactly-one timers, if the transport has one.
     fn leases(&self) -> Option<Arc<dyn crate::timer::LeaseStore>> {
         None

@@ -235,6 +235,10 @@ impl Transport for NatsTransport {
         self.client.flush().await.map_err(conn_err)
     }
 
+    fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
+        Some(self.js.clone())
+    }
+
     fn leases(&self) -> Option<Arc<dyn crate::timer::LeaseStore>> {
         Some(self.leases.clone())
     }

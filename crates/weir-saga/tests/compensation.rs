@@ -4,6 +4,8 @@
 //! compensation that keeps failing leaves it `failed`, and an operator's
 //! retry sends it back to compensating.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! the same set of instances at once: each instance is worked on by one of
 //! them only — every action runs exactly once — and all complete.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

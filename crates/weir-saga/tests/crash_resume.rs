@@ -9,6 +9,8 @@
 //! taken back at once); "after" crashes restart under another name, which
 //! must wait for the dead process's lease to expire.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::os::unix::process::ExitStatusExt;

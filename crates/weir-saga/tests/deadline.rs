@@ -3,6 +3,8 @@
 //! `deadline_exceeded`, and once its attempts are used up the saga
 //! compensates.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! action sees the state so far and its idempotency key, and the step log
 //! holds one succeeded attempt per step.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use serde_json::json;

@@ -2,6 +2,8 @@
 //! its bookkeeping says so, up again works; the layer's own set is not
 //! touched.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use weir_layer::migrate::LAYER;
 use weir_layer::store::postgres::testing::TestDatabase;
 use weir_layer::store::postgres::{migrate_down, migrate_status, migrate_up};

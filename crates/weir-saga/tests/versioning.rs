@@ -3,6 +3,8 @@
 //! under v1's steps by one that knows both after its first orchestrator
 //! died mid-step; new instances start under v2.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

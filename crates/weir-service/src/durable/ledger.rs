@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
@@ -53,19 +54,26 @@ impl Ledger {
         ttl: Duration,
     ) -> Result<Ledger, DurableError> {
         let bucket = format!("WEIR_LEDGER_{consumer}");
-        let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_or_update_key_value(kv::Config {
-                    bucket,
-                    description: format!("handled event ids and delivery history of {consumer}"),
-                    history: 1,
-                    max_age: ttl,
-                    ..Default::default()
-                })
-                .await
-                .map_err(setup)?,
-        };
+        // The bucket's stream is declared directly rather than through
+        // `create_key_value`, which first queries account limits in a form
+        // older servers (2.9) answer differently.
+        js.create_or_update_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(format!(
+                "handled event ids and delivery history of {consumer}"
+            )),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(setup)?;
+        let kv = js.get_key_value(&bucket).await.map_err(setup)?;
         Ok(Ledger { kv })
     }
 

@@ -305,9 +305,13 @@ impl DurableListener {
         stop: watch::Receiver<bool>,
     ) -> Result<JoinHandle<()>, SetupError> {
         let consumer_name = format!("{service}_{}", self.name);
-        let fail = |e: DurableError| SetupError::Subscribe {
-            subject: self.filter.clone(),
-            reason: e.to_string(),
+        let filter = self.filter.clone();
+        let step = move |what: &'static str| {
+            let filter = filter.clone();
+            move |e: DurableError| SetupError::Subscribe {
+                subject: filter,
+                reason: format!("{what}: {e}"),
+            }
         };
         if !crate::server::valid_name(&self.name) {
             return Err(SetupError::Config(format!(
@@ -330,22 +334,25 @@ impl DurableListener {
                 self.name
             )));
         };
-        self.family.ensure(&js).await.map_err(fail)?;
+        self.family
+            .ensure(&js)
+            .await
+            .map_err(step("family stream"))?;
         let dlq = DeadLetters::new(js.clone());
-        dlq.ensure().await.map_err(fail)?;
+        dlq.ensure().await.map_err(step("dead-letter stream"))?;
         // The attempt history lives in the ledger bucket even for
         // idempotent handlers (which skip only the handled-id check).
         let ledger = Ledger::open(&js, &consumer_name, self.options.ledger_ttl)
             .await
-            .map_err(fail)?;
+            .map_err(step("ledger bucket"))?;
         process
             .prepare(&js, &consumer_name, &self.options)
             .await
-            .map_err(fail)?;
+            .map_err(step("handler"))?;
         let stream = js
             .get_stream(self.family.stream_name())
             .await
-            .map_err(|e| fail(setup(e)))?;
+            .map_err(|e| step("family stream")(setup(e)))?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &consumer_name,
@@ -365,7 +372,7 @@ impl DurableListener {
                 },
             )
             .await
-            .map_err(|e| fail(setup(e)))?;
+            .map_err(|e| step("durable consumer")(setup(e)))?;
         let run = Run {
             consumer_name,
             family: self.family.name().to_owned(),

@@ -8,6 +8,10 @@ pub enum SagaError {
     /// PostgreSQL failed or could not be reached; the operation may be retried.
     #[error("database error: {0}")]
     Db(String),
+    /// The saga tables do not exist: `weir migrate up --set saga` (or
+    /// [`SagaStore::migrate`](crate::SagaStore::migrate)) was not run.
+    #[error("the saga tables are missing: run `weir migrate up --set saga` ({0})")]
+    NotMigrated(String),
     /// The database URL did not parse.
     #[error("invalid PostgreSQL URL: {0}")]
     InvalidUrl(String),
@@ -55,6 +59,12 @@ impl SagaError {
 }
 
 pub(crate) fn db(e: tokio_postgres::Error) -> SagaError {
+    if let Some(d) = e.as_db_error()
+        && *d.code() == tokio_postgres::error::SqlState::UNDEFINED_TABLE
+        && d.message().contains("weir_saga")
+    {
+        return SagaError::NotMigrated(d.message().to_owned());
+    }
     SagaError::Db(match (e.as_db_error(), std::error::Error::source(&e)) {
         (Some(d), _) => format!("{}: {}", d.code().code(), d.message()),
         (None, Some(s)) => format!("{e}: {s}"),

@@ -243,10 +243,14 @@ impl WeirSink {
         let mut backoff = Backoff::new(self.max_backoff);
         // Whether an earlier attempt of this request may have reached Weir.
         let mut maybe_sent = false;
+        let mut attempts = 0u32;
         loop {
-            if *stop.borrow() {
+            // The first attempt goes out even when stopping (a graceful stop
+            // appends the batch in hand); retries give way to the stop.
+            if attempts > 0 && *stop.borrow() {
                 return Ok(Appended::Interrupted);
             }
+            attempts += 1;
             let started = Instant::now();
             let sent = self
                 .request(reqwest::Method::POST, &self.url)

@@ -3,6 +3,7 @@
 mod admin_cmd;
 mod bridge_cmd;
 mod config;
+mod saga_cmd;
 mod serve;
 mod service_cmd;
 mod storage_cmd;
@@ -49,6 +50,9 @@ enum Command {
     New(service_cmd::NewCmd),
     /// Append NATS subjects to Weir durable streams, exactly once (docs/bridge.md).
     Bridge(bridge_cmd::BridgeArgs),
+    /// Inspect saga instances and retry failed ones (docs/sagas.md).
+    #[command(subcommand)]
+    Saga(saga_cmd::SagaCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Call(a) => service_cmd::call(a),
         Command::New(cmd) => service_cmd::new(cmd),
         Command::Bridge(a) => bridge_cmd::run(a),
+        Command::Saga(cmd) => saga_cmd::run(cmd),
         Command::Config(ConfigCmd::Print(o)) => {
             print!("{}", config::Config::load(&o)?.to_toml()?);
             Ok(())

@@ -148,12 +148,16 @@ impl Process for Transactional {
                 .await;
             match inserted {
                 Ok(0) => {
-                    let _ = conn.batch_execute("ROLLBACK").await;
+                    if conn.batch_execute("ROLLBACK").await.is_err() {
+                        conn.discard();
+                    }
                     return Outcome::Duplicate("postgres");
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let _ = conn.batch_execute("ROLLBACK").await;
+                    if conn.batch_execute("ROLLBACK").await.is_err() {
+                        conn.discard();
+                    }
                     return Outcome::Failed(db_problem("inbox insert", e));
                 }
             }
@@ -177,10 +181,15 @@ impl Process for Transactional {
                     }
                     // If the commit did land, the redelivery finds the
                     // inbox row and is skipped.
-                    Err(e) => Outcome::Failed(db_problem("commit", e)),
+                    Err(e) => {
+                        tx.inner.conn.poison();
+                        Outcome::Failed(db_problem("commit", e))
+                    }
                 },
                 Err(p) => {
-                    let _ = c.batch_execute("ROLLBACK").await;
+                    if c.batch_execute("ROLLBACK").await.is_err() {
+                        tx.inner.conn.poison();
+                    }
                     Outcome::Failed(p)
                 }
             }

@@ -34,6 +34,9 @@ impl std::fmt::Debug for PgPool {
 /// A connection taken from the pool; goes back when dropped (unless broken).
 pub struct Pooled {
     client: Option<Client>,
+    /// Set when the session state is unknown (a failed COMMIT or ROLLBACK
+    /// on a connection that is still open): never reused.
+    poisoned: std::sync::atomic::AtomicBool,
     pool: Arc<Inner>,
     _permit: OwnedSemaphorePermit,
 }
@@ -60,12 +63,19 @@ impl Pooled {
     pub(crate) fn discard(mut self) {
         self.client = None;
     }
+
+    /// Like [`discard`](Self::discard) for a connection still shared.
+    pub(crate) fn poison(&self) {
+        self.poisoned
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(c) = self.client.take()
             && !c.is_closed()
+            && !self.poisoned.load(std::sync::atomic::Ordering::Acquire)
         {
             self.pool.idle.lock().push(c);
         }
@@ -116,6 +126,7 @@ impl PgPool {
         };
         Ok(Pooled {
             client: Some(client),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
             pool: self.inner.clone(),
             _permit: permit,
         })

@@ -34,7 +34,9 @@ pub async fn relay_once(
     {
         Ok(r) => r,
         Err(e) => {
-            let _ = c.batch_execute("ROLLBACK").await;
+            if c.batch_execute("ROLLBACK").await.is_err() {
+                c.discard();
+            }
             return Err(db(e));
         }
     };
@@ -75,6 +77,9 @@ pub async fn relay_once(
     let commit = c.batch_execute("COMMIT").await;
     let ok = metrics::counter!(crate::metrics::EVENTS_OUTBOX_RELAYED, "result" => "published");
     ok.increment(done.len() as u64);
+    if deleted.is_err() || commit.is_err() {
+        c.discard();
+    }
     deleted.map_err(db)?;
     commit.map_err(db)?;
     if let Some(e) = failure {

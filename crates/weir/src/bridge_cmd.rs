@@ -44,6 +44,10 @@ pub struct BridgeArgs {
     /// Fail instead of creating a missing Weir stream.
     #[arg(long)]
     pub no_create_stream: bool,
+    /// Serve the bridge's metrics (Prometheus text) at
+    /// `http://ADDR/metrics`, e.g. `127.0.0.1:9464`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_map(spec: &str) -> anyhow::Result<Mapping> {
@@ -106,7 +110,11 @@ pub fn run(a: BridgeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let metrics_listen = a.metrics_listen;
     rt.block_on(async move {
+        if let Some(addr) = metrics_listen {
+            serve_metrics(addr).await?;
+        }
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -115,6 +123,25 @@ pub fn run(a: BridgeArgs) -> anyhow::Result<()> {
         });
         weir_bridge::run(config, rx).await.context("bridge stopped")
     })
+}
+
+/// Installs the Prometheus recorder and serves `GET /metrics` on `addr`.
+async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    weir_layer::metrics::install().context("installing the metrics recorder")?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(weir_layer::http::metrics_handler),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener {addr}"))?;
+    tracing::info!(%addr, "metrics at /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,7 @@
 mod admin_cmd;
 mod bridge_cmd;
 mod config;
+mod events_cmd;
 mod saga_cmd;
 mod serve;
 mod service_cmd;
@@ -53,6 +54,12 @@ enum Command {
     /// Inspect saga instances and retry failed ones (docs/sagas.md).
     #[command(subcommand)]
     Saga(saga_cmd::SagaCmd),
+    /// Read durable events: `weir events tail SUBJECT` (docs/events.md).
+    #[command(subcommand)]
+    Events(events_cmd::EventsCmd),
+    /// Dead-lettered events: list, show, replay (docs/events.md).
+    #[command(subcommand)]
+    Dlq(events_cmd::DlqCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,6 +87,8 @@ fn main() -> anyhow::Result<()> {
         Command::New(cmd) => service_cmd::new(cmd),
         Command::Bridge(a) => bridge_cmd::run(a),
         Command::Saga(cmd) => saga_cmd::run(cmd),
+        Command::Events(cmd) => events_cmd::events(cmd),
+        Command::Dlq(cmd) => events_cmd::dlq(cmd),
         Command::Config(ConfigCmd::Print(o)) => {
             print!("{}", config::Config::load(&o)?.to_toml()?);
             Ok(())

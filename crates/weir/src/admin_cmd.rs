@@ -186,7 +186,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Every migration set this build knows, the layer's first. Each keeps its
 /// own bookkeeping table, so sets version (and roll back) independently.
 pub fn migration_sets() -> Vec<&'static MigrationSet> {
-    vec![&weir_layer::migrate::LAYER]
+    vec![
+        &weir_layer::migrate::LAYER,
+        &weir_service::durable::pg::MIGRATIONS,
+        &weir_saga::MIGRATIONS,
+    ]
 }
 
 fn find_set(name: &str) -> anyhow::Result<&'static MigrationSet> {

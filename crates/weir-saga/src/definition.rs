@@ -327,3 +327,37 @@ pub(crate) fn check_name(what: &str, s: &str) -> Result<(), SagaError> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_within_bounds() {
+        let p = RetryPolicy::attempts(10)
+            .backoff(Duration::from_millis(100), Duration::from_millis(1000));
+        for _ in 0..200 {
+            let d1 = p.delay(1);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+            let d3 = p.delay(3);
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+            let d9 = p.delay(9);
+            assert!(d9 >= Duration::from_millis(500) && d9 <= Duration::from_millis(1000));
+        }
+        assert_eq!(RetryPolicy::attempts(0).attempts, 1);
+        let zero = RetryPolicy::none().backoff(Duration::ZERO, Duration::ZERO);
+        assert_eq!(zero.delay(5), Duration::ZERO);
+    }
+
+    #[test]
+    fn names_that_would_make_keys_ambiguous_are_refused() {
+        for bad in ["", "a:b", "a b", "ä", &"x".repeat(129)] {
+            assert!(check_name("step", bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "reserve_stock", "v1.2-x", &"x".repeat(128)] {
+            assert!(check_name("step", good).is_ok(), "{good:?}");
+        }
+        let zero = Saga::new("s", 0);
+        assert!(zero.validate().is_err());
+    }
+}

@@ -754,3 +754,28 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn outputs_merge_into_the_state() {
+        let mut s = json!({ "a": 1, "b": 2 });
+        merge(&mut s, "step", &json!({ "b": 3, "c": 4 }));
+        assert_eq!(s, json!({ "a": 1, "b": 3, "c": 4 }));
+        merge(&mut s, "step", &Value::Null);
+        assert_eq!(s, json!({ "a": 1, "b": 3, "c": 4 }));
+        merge(&mut s, "ship", &json!("T-1"));
+        assert_eq!(s["ship"], "T-1");
+    }
+
+    #[test]
+    fn ids_are_unique_and_usable_in_keys() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert!(check_name("id", &a).is_ok());
+    }
+}

@@ -76,3 +76,37 @@ impl Registry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{Step, StepCtx};
+    use serde_json::json;
+
+    fn saga(v: u32) -> Saga {
+        Saga::new("s", v).step(Step::new("a", |_c: StepCtx| async { Ok(json!(null)) }))
+    }
+
+    #[test]
+    fn latest_and_exact_versions() {
+        let r = Registry::new()
+            .with(saga(2))
+            .and_then(|r| r.with(saga(10)))
+            .and_then(|r| r.with(saga(1)));
+        let Ok(r) = r else {
+            panic!("valid definitions")
+        };
+        assert_eq!(r.latest("s").map(|s| s.version()).ok(), Some(10));
+        assert_eq!(r.get("s", 2).map(|s| s.version()).ok(), Some(2));
+        assert!(matches!(
+            r.get("s", 3),
+            Err(SagaError::UnknownVersion { .. })
+        ));
+        assert!(matches!(r.latest("t"), Err(SagaError::UnknownSaga(_))));
+        assert_eq!(r.keys(), vec!["s@1", "s@2", "s@10"]);
+        assert!(matches!(
+            r.with(saga(2)),
+            Err(SagaError::DuplicateVersion { .. })
+        ));
+    }
+}

@@ -84,8 +84,12 @@ pub async fn run_mapping(
     batch: BatchConfig,
     stop: watch::Receiver<bool>,
 ) -> Result<(), BridgeError> {
-    sink.ensure_stream(mapping.create_weir_stream).await?;
-    let stream = source::capture_stream(&js, &mapping).await?;
+    let Some(()) = or_stop(&stop, sink.ensure_stream(mapping.create_weir_stream)).await? else {
+        return Ok(());
+    };
+    let Some(stream) = or_stop(&stop, source::capture_stream(&js, &mapping)).await? else {
+        return Ok(());
+    };
     let max_ack_pending = i64::try_from(batch.max_events.saturating_mul(4)).unwrap_or(i64::MAX);
     let mut backoff = Backoff::new(batch.max_backoff);
     let mut first_pass = true;
@@ -93,8 +97,14 @@ pub async fn run_mapping(
         if *stop.borrow() {
             return Ok(());
         }
-        let mut last = sink.tail_seq().await?.unwrap_or(0);
-        let consumer = source::consumer_from(&stream, &mapping, last + 1, max_ack_pending).await?;
+        let Some(tail) = or_stop(&stop, sink.tail_seq()).await? else {
+            return Ok(());
+        };
+        let mut last = tail.unwrap_or(0);
+        let start = source::consumer_from(&stream, &mapping, last + 1, max_ack_pending);
+        let Some(consumer) = or_stop(&stop, start).await? else {
+            return Ok(());
+        };
         tracing::info!(mapping = %mapping.name, resume_after = last, epoch = sink.epoch(), first_pass, "bridging");
         first_pass = false;
         let mut msgs = match consumer
@@ -183,6 +193,20 @@ pub async fn run_mapping(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Runs `f` unless stop is requested first (`None`): the set-up steps
+/// retry for as long as Weir or NATS are unreachable, and a shutdown must
+/// not wait for them. They only read or create, so dropping them is safe.
+async fn or_stop<T>(
+    stop: &watch::Receiver<bool>,
+    f: impl std::future::Future<Output = Result<T, BridgeError>>,
+) -> Result<Option<T>, BridgeError> {
+    let mut stop = stop.clone();
+    tokio::select! {
+        r = f => r.map(Some),
+        _ = stop.wait_for(|s| *s) => Ok(None),
     }
 }
 

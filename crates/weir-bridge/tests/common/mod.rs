@@ -24,12 +24,17 @@ pub struct Weir {
 
 impl Weir {
     pub async fn start() -> Weir {
+        Weir::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    /// A server on a listener the caller bound (e.g. a port a bridge is
+    /// already retrying against).
+    pub async fn start_on(listener: TcpListener) -> Weir {
         let state = AppState::new(
             Arc::new(MemoryStorage::default()),
             ServerConfig::conformance(),
         );
         let app = router(state);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {

@@ -102,6 +102,8 @@ error_codes! {
     Overloaded = ("overloaded", 503),
     /// A service call's deadline passed before it was answered.
     DeadlineExceeded = ("deadline_exceeded", 504),
+    /// No instance of the called service answered (none running, or its circuit is open).
+    ServiceUnavailable = ("service_unavailable", 503),
     /// One message is larger than `limits.max_message_bytes`.
     MessageTooLarge = ("message_too_large", 413),
     /// The tenant holds `limits.max_streams_per_tenant` streams already.

@@ -437,6 +437,9 @@ pub(crate) async fn check_rate_limit(
     }
 }
 
+const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+
 /// `RateLimit` / `RateLimit-Policy` on an allowed request's response, when
 /// `headers_on_success` is set.
 pub(crate) fn add_rate_limit_headers(
@@ -447,12 +450,13 @@ pub(crate) fn add_rate_limit_headers(
     if !limiter.config().headers_on_success {
         return;
     }
+    let (ratelimit, policy) = limiter.success_headers(ds);
     let h = resp.headers_mut();
-    if let Some(v) = ratelimit::ratelimit_header(ds).and_then(|v| HeaderValue::from_str(&v).ok()) {
-        h.insert("ratelimit", v);
+    if let Some(v) = ratelimit {
+        h.insert(RATELIMIT, v);
     }
-    if let Some(v) = ratelimit::policy_header(ds).and_then(|v| HeaderValue::from_str(&v).ok()) {
-        h.insert("ratelimit-policy", v);
+    if let Some(v) = policy {
+        h.insert(RATELIMIT_POLICY, v);
     }
 }
 

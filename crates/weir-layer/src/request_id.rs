@@ -27,22 +27,35 @@ pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("tracep
 pub const MAX_LEN: usize = 128;
 
 /// The id of one request.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RequestId(Arc<str>);
+#[derive(Clone)]
+pub struct RequestId(Repr);
+
+/// Most requests carry no id and get a generated one, which lives inline
+/// (32 ASCII hex digits): making an id then costs no allocation. Ids taken
+/// from the client are shared, so clones stay a reference count.
+#[derive(Clone)]
+enum Repr {
+    Generated([u8; 32]),
+    Given(Arc<str>),
+}
 
 impl RequestId {
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Always ASCII hex (see `uuid_v7`); the check cannot fail.
+            Repr::Generated(b) => std::str::from_utf8(b).unwrap_or_default(),
+            Repr::Given(s) => s,
+        }
     }
 
     /// A client-supplied id, if acceptable.
     pub fn parse(s: &str) -> Option<RequestId> {
-        valid(s).then(|| RequestId(Arc::from(s)))
+        valid(s).then(|| RequestId(Repr::Given(Arc::from(s))))
     }
 
     /// A fresh UUIDv7 as 32 lowercase hex digits.
     pub fn generate() -> RequestId {
-        RequestId(Arc::from(uuid_v7_hex(
+        RequestId(Repr::Generated(uuid_v7(
             crate::clock::Clock::now(&crate::clock::SystemClock).as_millis() as u64,
             &mut rand::thread_rng(),
         )))
@@ -60,7 +73,7 @@ impl RequestId {
             .and_then(RequestId::parse)
             .or_else(|| {
                 tp.as_ref()
-                    .map(|t| RequestId(Arc::from(t.trace_id.as_str())))
+                    .map(|t| RequestId(Repr::Given(Arc::from(t.trace_id.as_str()))))
             })
             .unwrap_or_else(RequestId::generate);
         (id, tp)
@@ -69,7 +82,27 @@ impl RequestId {
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RequestId").field(&self.as_str()).finish()
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &RequestId) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RequestId {}
+
+impl std::hash::Hash for RequestId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
@@ -131,14 +164,20 @@ impl TraceParent {
 }
 
 /// RFC 9562 UUIDv7: 48-bit Unix milliseconds, version 7, 74 random bits,
-/// variant `10`, written as 32 hex digits.
-fn uuid_v7_hex(unix_ms: u64, rng: &mut impl RngCore) -> String {
+/// variant `10`, written as 32 lowercase hex digits.
+fn uuid_v7(unix_ms: u64, rng: &mut impl RngCore) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     rng.fill_bytes(&mut b);
     b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
     b[6] = (b[6] & 0x0f) | 0x70;
     b[8] = (b[8] & 0x3f) | 0x80;
-    crate::hex::encode(&b)
+    let mut out = [0u8; 32];
+    for (i, byte) in b.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(byte >> 4)];
+        out[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -216,7 +255,11 @@ mod tests {
         assert_eq!(&s[12..13], "7", "version nibble");
         assert!(matches!(&s[16..17], "8" | "9" | "a" | "b"), "variant bits");
         assert_ne!(a, RequestId::generate());
-        let id = uuid_v7_hex(0x0123_4567_89ab, &mut rand::thread_rng());
-        assert!(id.starts_with("0123456789ab7"));
+        let id = uuid_v7(0x0123_4567_89ab, &mut rand::thread_rng());
+        assert!(id.starts_with(b"0123456789ab7"));
+        assert!(
+            id.iter()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
 }

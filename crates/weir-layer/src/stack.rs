@@ -9,10 +9,10 @@
 //! same steps, in the same order, with the same functions, inside one
 //! future: one clone and one box per request. Metric handles are cached per
 //! (route, method, status) so recording is an atomic add, not a registry
-//! lookup with freshly allocated labels.
+//! lookup with freshly allocated labels; the in-flight gauge's handle is
+//! bound once.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -20,15 +20,14 @@ use axum::extract::MatchedPath;
 use axum::response::Response;
 use futures::future::BoxFuture;
 use http::Request;
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 use parking_lot::RwLock;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::Authenticator;
 use crate::http::{
-    InFlight, add_rate_limit_headers, authenticate, begin_request, check_rate_limit, method_name,
-    stamp,
+    add_rate_limit_headers, authenticate, begin_request, check_rate_limit, method_name, stamp,
 };
 use crate::metrics::names;
 use crate::ratelimit::RateLimiter;
@@ -43,11 +42,20 @@ pub struct ProductionLayer {
 struct Shared {
     auth: Arc<Authenticator>,
     limiter: Option<Arc<RateLimiter>>,
-    handles: RwLock<HashMap<LabelSet, Handles>>,
+    /// Route template → that route's handles by (method, status). Keyed
+    /// by the template itself (looked up as `&str`, hashed with foldhash:
+    /// short trusted keys, no need for SipHash) so a request pays no
+    /// allocation to find its handles; the few (method, status) pairs a
+    /// route sees are scanned linearly.
+    handles: RwLock<foldhash::HashMap<Box<str>, Vec<RouteHandles>>>,
+    /// `weir_http_requests_in_flight`, bound on first use (after the
+    /// recorder is installed) rather than looked up in the registry twice
+    /// per request.
+    in_flight: OnceLock<Gauge>,
 }
 
-/// (route template, method, status).
-type LabelSet = (Arc<str>, &'static str, u16);
+/// One (method, status) of a route and its handles.
+type RouteHandles = (&'static str, u16, Handles);
 
 #[derive(Clone)]
 struct Handles {
@@ -66,7 +74,8 @@ impl ProductionLayer {
             shared: Arc::new(Shared {
                 auth,
                 limiter,
-                handles: RwLock::new(HashMap::new()),
+                handles: RwLock::new(foldhash::HashMap::default()),
+                in_flight: OnceLock::new(),
             }),
         }
     }
@@ -89,44 +98,48 @@ pub struct ProductionService<S> {
 }
 
 impl Shared {
-    fn handles(&self, route: &Arc<str>, method: &'static str, status: u16) -> Handles {
-        if let Some(h) = self.handles.read().get(&(route.clone(), method, status)) {
+    fn handles(&self, route: &str, method: &'static str, status: u16) -> Handles {
+        if let Some(hs) = self.handles.read().get(route)
+            && let Some((_, _, h)) = hs.iter().find(|(m, s, _)| *s == status && *m == method)
+        {
             return h.clone();
         }
         let h = Handles {
-            requests: metrics::counter!(names::HTTP_REQUESTS, "route" => route.to_string(), "method" => method, "status" => status.to_string()),
-            duration: metrics::histogram!(names::HTTP_DURATION, "route" => route.to_string(), "method" => method),
+            requests: metrics::counter!(names::HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string()),
+            duration: metrics::histogram!(names::HTTP_DURATION, "route" => route.to_owned(), "method" => method),
         };
         let mut map = self.handles.write();
-        if map.len() < MAX_CACHED {
-            map.insert((route.clone(), method, status), h.clone());
+        let cached: usize = map.values().map(Vec::len).sum();
+        if cached < MAX_CACHED {
+            let hs = map.entry(Box::from(route)).or_default();
+            if !hs.iter().any(|(m, s, _)| *s == status && *m == method) {
+                hs.push((method, status, h.clone()));
+            }
         }
         h
     }
+
+    fn in_flight(&self) -> &Gauge {
+        self.in_flight
+            .get_or_init(|| metrics::gauge!(names::HTTP_IN_FLIGHT))
+    }
 }
 
-/// Route templates as shared strings, so the handle cache can key on them
-/// without allocating per request.
-fn route_of<B>(req: &Request<B>) -> Arc<str> {
-    thread_local! {
-        static ROUTES: std::cell::RefCell<HashMap<String, Arc<str>>> =
-            std::cell::RefCell::new(HashMap::new());
+/// Counts a request in `weir_http_requests_in_flight` while it lives: a
+/// request dropped mid-way (client gone) still leaves the gauge.
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn start(g: &'a Gauge) -> InFlight<'a> {
+        g.increment(1.0);
+        InFlight(g)
     }
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    ROUTES.with(|r| {
-        let mut r = r.borrow_mut();
-        if let Some(a) = r.get(path) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(path);
-        if r.len() < MAX_CACHED {
-            r.insert(path.to_owned(), a.clone());
-        }
-        a
-    })
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 impl<S, B> Service<Request<B>> for ProductionService<S>
@@ -145,7 +158,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let (id, span) = begin_request(&mut req);
-        let route = route_of(&req);
+        // `MatchedPath` is an `Arc<str>` inside: cloning it is a count.
+        let route = req.extensions().get::<MatchedPath>().cloned();
         let method = method_name(req.method());
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -153,13 +167,12 @@ where
         Box::pin(
             async move {
                 let start = Instant::now();
-                // A guard: a request dropped mid-way (client gone) still
-                // leaves the in-flight gauge.
-                let guard = InFlight::start();
+                let guard = InFlight::start(shared.in_flight());
                 let resp = run(&shared, &mut inner, req).await;
                 drop(guard);
                 let resp = resp?;
-                let h = shared.handles(&route, method, resp.status().as_u16());
+                let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+                let h = shared.handles(route, method, resp.status().as_u16());
                 h.requests.increment(1);
                 h.duration.record(start.elapsed().as_secs_f64());
                 Ok(stamp(resp, &id).await)

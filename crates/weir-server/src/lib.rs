@@ -28,7 +28,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use tower::ServiceBuilder;
 use weir_storage::Storage;
 
 pub use config::ServerConfig;
@@ -156,9 +158,17 @@ fn compressible(
 }
 
 /// The application router.
+///
+/// Every route runs through one stack, outermost first: security/CORS
+/// headers, compression, the production layer (request ids, metrics,
+/// authentication, rate limits), load shedding, the body limit. It is
+/// mounted with a single `Router::layer`: each `Router::layer` call wraps
+/// every route in another boxed, cloned-per-request service, and with five
+/// of them that plumbing cost more CPU per append than the layers' work.
+/// Composed with `ServiceBuilder`, the layers nest as plain values and a
+/// request pays one clone of the stack.
 pub fn router(state: AppState) -> Router {
     let root = state.config.stream_root.trim_end_matches('/').to_owned();
-    let compression = state.config.compression;
     let router = Router::new()
         .route(&format!("{root}/{{*path}}"), any(streams::dispatch))
         .route("/_weir/streams", get(manage::list))
@@ -174,24 +184,27 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(streams::ready))
-        .fallback(streams::fallback)
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            limits::shed,
-        ));
+        .fallback(streams::fallback);
+    // `/metrics` exists with the layer only (shedding passes it by path).
     let router = match &state.layer {
-        Some(layer) => {
-            layer.apply(router.route("/metrics", get(weir_layer::http::metrics_handler)))
-        }
+        Some(_) => router.route("/metrics", get(weir_layer::http::metrics_handler)),
         None => router,
     };
-    let router = if compression {
-        router.layer(tower_http::compression::CompressionLayer::new().compress_when(compressible))
-    } else {
-        router
-    };
-    router
-        .layer(axum::middleware::from_fn(security::headers))
-        .with_state(state)
+    let production = state.layer.as_ref().map(|l| {
+        weir_layer::stack::ProductionLayer::new(l.authenticator.clone(), Some(l.limiter.clone()))
+    });
+    // Compression changes the body type; mapping it back to axum's lets
+    // both arms of the optional layer have one response type.
+    let compression = state.config.compression.then(|| {
+        ServiceBuilder::new()
+            .map_response(IntoResponse::into_response as fn(_) -> Response)
+            .layer(tower_http::compression::CompressionLayer::new().compress_when(compressible))
+    });
+    let stack = ServiceBuilder::new()
+        .layer(security::SecurityHeadersLayer)
+        .option_layer(compression)
+        .option_layer(production)
+        .layer(limits::ShedLayer::new(state.clone()))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+    router.layer(stack).with_state(state)
 }

@@ -23,9 +23,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use futures::future::{BoxFuture, Either};
 use http::{Method, StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -130,28 +135,122 @@ impl Shedder {
     }
 }
 
-/// Middleware: admits a request if the in-flight budgets allow it.
-/// Health, readiness and metrics endpoints are never shed, so an overloaded
-/// node stays observable.
-pub async fn shed(State(st): State<AppState>, req: Request, next: Next) -> Response {
+/// Sheds requests past the in-flight budgets (see [`Shedder`]); mounted
+/// inside the production layer, so refusals carry a request id and count in
+/// the request metrics. `/healthz`, `/readyz` and `/metrics` always pass
+/// (probes and scrapes must work exactly when the server is busiest); so
+/// do live reads for the request count (they hold a live-reader slot
+/// instead).
+///
+/// A hand-written service rather than `axum::middleware::from_fn`: that
+/// boxes the inner service and two futures per request, which showed in
+/// append profiles. Admitted requests run the inner future in place, with
+/// their permits held beside it until the response head is ready.
+#[derive(Clone)]
+pub struct ShedLayer {
+    state: AppState,
+}
+
+impl ShedLayer {
+    pub fn new(state: AppState) -> ShedLayer {
+        ShedLayer { state }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// See [`ShedLayer`].
+#[derive(Clone)]
+pub struct Shed<S> {
+    inner: S,
+    state: AppState,
+}
+
+/// Permits an admitted request holds until its response head.
+type Permits = (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>);
+
+pin_project_lite::pin_project! {
+    /// The inner service's future with the request's permits beside it.
+    pub struct Admitted<F> {
+        #[pin]
+        inner: F,
+        permits: Permits,
+    }
+}
+
+impl<F: Future> Future for Admitted<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        // Released with the response head, as before the fused service.
+        *this.permits = (None, None);
+        Poll::Ready(out)
+    }
+}
+
+impl<S> tower::Service<Request> for Shed<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Admitted<S::Future>, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match admit(&self.state, &req) {
+            Ok(permits) => Either::Left(Admitted {
+                inner: self.inner.call(req),
+                permits,
+            }),
+            Err((err, held)) => {
+                let st = self.state.clone();
+                Either::Right(Box::pin(async move {
+                    let resp = refuse(&st, req, err).await;
+                    drop(held);
+                    Ok(resp)
+                }))
+            }
+        }
+    }
+}
+
+/// The permits for a request, or the `503` to send (with the request
+/// permit, if one was taken, held while the refused body drains).
+fn admit(
+    st: &AppState,
+    req: &Request,
+) -> Result<Permits, (ApiError, Option<OwnedSemaphorePermit>)> {
     let path = req.uri().path();
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return next.run(req).await;
+        return Ok((None, None));
     }
     let shedder = &st.shedder;
     // Live reads are bounded by the live-reader budget for their whole
     // life instead: a parked long-poll has no response head yet and would
     // otherwise hold a request slot for up to the long-poll timeout.
     let live = req.uri().query().is_some_and(|q| q.contains("live="));
-    let _request = if live {
+    let request = if live {
         None
     } else {
         match shedder.requests.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) => return refuse(&st, req, shedder.overloaded("requests")).await,
+            Err(_) => return Err((shedder.overloaded("requests"), None)),
         }
     };
-    let _body = if carries_body(req.method()) {
+    let body = if carries_body(req.method()) {
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -169,13 +268,13 @@ pub async fn shed(State(st): State<AppState>, req: Request, next: Next) -> Respo
             let units = u32::try_from(units).unwrap_or(u32::MAX);
             match shedder.body_units.clone().try_acquire_many_owned(units) {
                 Ok(p) => Some(p),
-                Err(_) => return refuse(&st, req, shedder.overloaded("body_bytes")).await,
+                Err(_) => return Err((shedder.overloaded("body_bytes"), request)),
             }
         }
     } else {
         None
     };
-    next.run(req).await
+    Ok((request, body))
 }
 
 /// Refuses a body holding a message over `max` bytes with `413

@@ -110,14 +110,11 @@ pub async fn dispatch_in_tenant(
 /// A stream name in storage: scoped under the tenant when there is one.
 pub(crate) fn scoped(tenant: Option<&str>, path: &str) -> Result<StreamName, ApiError> {
     // Validate the client's part (so `__ds` stays reserved) and the whole.
-    StreamName::new(path)
+    let own = StreamName::new(path)
         .map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))?;
     let full = match tenant {
         Some(t) => weir_layer::authz::scoped_name(t, path),
-        None => {
-            return StreamName::new(path)
-                .map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()));
-        }
+        None => return Ok(own),
     };
     StreamName::new(&full).map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))
 }
@@ -548,7 +545,10 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     crate::metrics::append(&out);
     let out = out?;
     let tail = out.tail.to_string();
-    let ack = out.result.map_err(|r| rejection(r, &tail, out.closed))?;
+    let ack = match out.result {
+        Ok(ack) => ack,
+        Err(r) => return Err(rejection(r, &tail, out.closed)),
+    };
     let (status, producer) = match ack {
         AppendAck::Appended { producer } if had_producer && out.bytes > 0 => {
             (StatusCode::OK, producer)
@@ -559,7 +559,10 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     };
     let mut resp = status.into_response();
     let rh = resp.headers_mut();
-    set(rh, headers::STREAM_NEXT_OFFSET, &tail);
+    // The offset string becomes the header value as is (no second copy).
+    if let Ok(v) = HeaderValue::try_from(tail) {
+        rh.insert(headers::STREAM_NEXT_OFFSET, v);
+    }
     if out.closed {
         set(rh, headers::STREAM_CLOSED, "true");
     }

@@ -256,8 +256,9 @@ pub struct ApiKeys {
     clock: SharedClock,
     /// id → record (`None`: no such key), for `cache_ttl_ms`.
     cache: TtlCache<String, Option<Arc<ApiKeyRecord>>>,
-    /// ids whose `last_used_at` was written recently.
-    touched: TtlCache<String, ()>,
+    /// ids whose `last_used_at` was written recently → when it may be
+    /// written again.
+    touched: TtlCache<String, Duration>,
     /// id → the secret that last verified and the principal it gave, for
     /// `cache_ttl_ms`: a repeated key skips the SHA-256 and the principal
     /// construction (a constant-time comparison with the remembered secret
@@ -269,6 +270,10 @@ struct Verified {
     secret: String,
     record: Arc<ApiKeyRecord>,
     principal: Principal,
+    /// Clock time (µs) until which this key's use is already noted: a
+    /// memo hit before it skips [`ApiKeys::note_use`] (an owned key, two
+    /// hashes and a lock per request) for the answer it would give.
+    noted_until_us: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -383,7 +388,11 @@ impl ApiKeys {
             if rec.expires_at.is_some_and(|e| self.clock.unix_secs() >= e) {
                 return Err(AuthError::KeyExpired);
             }
-            self.note_use(&rec.id);
+            use std::sync::atomic::Ordering::Relaxed;
+            if micros(now_t) >= v.noted_until_us.load(Relaxed) {
+                let until = self.note_use(&rec.id);
+                v.noted_until_us.store(micros(until), Relaxed);
+            }
             return Ok(v.principal.clone());
         }
         if !constant_time_eq(hash_secret(secret).as_bytes(), rec.secret_hash.as_bytes()) {
@@ -396,7 +405,7 @@ impl ApiKeys {
         if rec.expires_at.is_some_and(|e| now >= e) {
             return Err(AuthError::KeyExpired);
         }
-        self.note_use(&rec.id);
+        let noted_until = self.note_use(&rec.id);
         let mut p = Principal {
             subject: rec.subject.clone(),
             tenant: rec.tenant.clone(),
@@ -415,6 +424,7 @@ impl ApiKeys {
                 secret: secret.to_owned(),
                 record: rec.clone(),
                 principal: p.clone(),
+                noted_until_us: micros(noted_until).into(),
             }),
             now_t + ttl,
             now_t,
@@ -423,15 +433,16 @@ impl ApiKeys {
     }
 
     /// Writes `last_used_at` at most once per interval per key, off the
-    /// request path (a failed write only loses a timestamp).
-    fn note_use(&self, id: &str) {
+    /// request path (a failed write only loses a timestamp). Returns when
+    /// the key's next use should be noted again.
+    fn note_use(&self, id: &str) -> Duration {
         let now = self.clock.now();
         let key = id.to_owned();
-        if self.touched.get(&key, now).is_some() {
-            return;
+        if let Some(until) = self.touched.get(&key, now) {
+            return until;
         }
-        let interval = Duration::from_secs(self.cfg.last_used_interval_secs);
-        self.touched.insert(key.clone(), (), now + interval, now);
+        let until = now + Duration::from_secs(self.cfg.last_used_interval_secs);
+        self.touched.insert(key.clone(), until, until, now);
         let store = self.store.clone();
         let at = now.as_secs();
         let write = async move {
@@ -445,7 +456,12 @@ impl ApiKeys {
             }
             Err(_) => tracing::debug!("no runtime: last_used_at not recorded"),
         }
+        until
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[async_trait::async_trait]

@@ -19,7 +19,7 @@
 //! middleware state, and its arithmetic would differ from the Redis script's.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, DefaultHasher, RandomState};
 
 use parking_lot::Mutex;
 
@@ -53,8 +53,15 @@ impl LocalBackend {
         }
     }
 
-    fn hash(&self, key: &str) -> u128 {
-        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+    /// The 128-bit hash of what `feed` writes (for a `str` key: its bytes
+    /// then `0xff`, as `str`'s `Hash` writes them).
+    fn hash_fed(&self, feed: impl Fn(&mut DefaultHasher)) -> u128 {
+        let mut a = self.hashers.0.build_hasher();
+        let mut b = self.hashers.1.build_hasher();
+        feed(&mut a);
+        feed(&mut b);
+        (u128::from(std::hash::Hasher::finish(&a)) << 64)
+            | u128::from(std::hash::Hasher::finish(&b))
     }
 
     fn now_us(&self) -> u64 {
@@ -63,7 +70,19 @@ impl LocalBackend {
 
     /// Checks `key` against `limit`.
     pub fn check(&self, key: &str, limit: &Limit, cost: u64) -> Decision {
-        let h = self.hash(key);
+        self.check_with(|h| std::hash::Hash::hash(key, h), limit, cost)
+    }
+
+    /// [`LocalBackend::check`] for a key given as the bytes `feed` hashes,
+    /// so a caller whose key is made of parts need not join them into a
+    /// string first (the rate limiter's per-request path).
+    pub(crate) fn check_with(
+        &self,
+        feed: impl Fn(&mut DefaultHasher),
+        limit: &Limit,
+        cost: u64,
+    ) -> Decision {
+        let h = self.hash_fed(feed);
         let now = self.now_us();
         let mut shard = self.shards[(h as usize) % SHARDS].lock();
         let (decision, new_tat) = gcra::check(shard.get(&h).copied(), now, limit, cost);

@@ -232,9 +232,44 @@ pub struct LimiterHealth {
     pub local_keys: usize,
 }
 
+/// What one (rule, plan) pair reports, formatted once when the limiter is
+/// built: the names and header values are the same on every request, and
+/// formatting them per request was most of the limiter's cost.
+#[derive(Debug)]
+struct Policy {
+    /// `"{rule}.{plan}"`.
+    name: String,
+    /// Its `RateLimit-Policy` item.
+    item: String,
+    /// `RateLimit-Policy` when it is the only applied policy.
+    header: Option<http::HeaderValue>,
+    /// `"{rule}.{plan}";r=`: the start of its `RateLimit` value.
+    ratelimit_prefix: String,
+    limit: Limit,
+}
+
+impl Policy {
+    fn new(rule: &str, plan: &str, limit: &Limit) -> Policy {
+        let name = format!("{rule}.{plan}");
+        let item = policy_item(&name, limit);
+        Policy {
+            header: http::HeaderValue::from_str(&item).ok(),
+            ratelimit_prefix: format!("\"{name}\";r="),
+            name,
+            item,
+            limit: *limit,
+        }
+    }
+}
+
 /// The limiter.
 pub struct RateLimiter {
     cfg: RateLimitConfig,
+    /// Per rule (same order as `cfg.rules`): plan → its policy.
+    policies: Vec<BTreeMap<String, Arc<Policy>>>,
+    /// Every policy by name, for the response headers (foldhash: short
+    /// keys from the operator's config, no need for SipHash).
+    by_name: foldhash::HashMap<String, Arc<Policy>>,
     local: Arc<local::LocalBackend>,
     #[cfg(feature = "redis")]
     redis: Option<redis::RedisBackend>,
@@ -266,6 +301,21 @@ impl RateLimiter {
                 }
             }
         }
+        let policies: Vec<BTreeMap<String, Arc<Policy>>> = cfg
+            .rules
+            .iter()
+            .map(|r| {
+                r.limits
+                    .iter()
+                    .map(|(plan, l)| (plan.clone(), Arc::new(Policy::new(&r.name, plan, l))))
+                    .collect()
+            })
+            .collect();
+        let by_name = policies
+            .iter()
+            .flat_map(BTreeMap::values)
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
         let local = Arc::new(local::LocalBackend::new(cfg.local_max_keys, clock.clone()));
         #[cfg(feature = "redis")]
         let redis = match cfg.backend {
@@ -297,6 +347,8 @@ impl RateLimiter {
             .set(1.0);
         Ok(RateLimiter {
             cfg,
+            policies,
+            by_name,
             local,
             #[cfg(feature = "redis")]
             redis,
@@ -368,7 +420,7 @@ impl RateLimiter {
         let plan = self.plan_of(req.principal);
         let mut out = Vec::new();
         let mut limited = false;
-        for rule in &self.cfg.rules {
+        for (rule, policies) in self.cfg.rules.iter().zip(&self.policies) {
             if !rule.methods.is_empty()
                 && !rule
                     .methods
@@ -380,15 +432,18 @@ impl RateLimiter {
             if !req.path.starts_with(&rule.path_prefix) {
                 continue;
             }
-            let Some(limit) = rule.limits.get(plan) else {
+            let (Some(limit), Some(pol)) = (rule.limits.get(plan), policies.get(plan)) else {
                 continue;
             };
-            let key = format!("{}:{}", rule.name, key_of(rule.key, &req));
+            let key = RuleKey {
+                rule: &rule.name,
+                key: key_of(rule.key, &req),
+            };
             let decision = match self.check_one(&key, limit, rule.cost).await {
                 Some(d) => d,
                 None => return Verdict::Unavailable,
             };
-            let policy = format!("{}.{plan}", rule.name);
+            let policy = pol.name.clone();
             if !decision.allowed {
                 limited = true;
                 metrics::counter!(names::RATELIMIT_REJECTIONS, "policy" => policy.clone())
@@ -408,10 +463,10 @@ impl RateLimiter {
     }
 
     /// One key against one limit; `None` means "refuse: backend down, fail closed".
-    async fn check_one(&self, key: &str, limit: &Limit, cost: u64) -> Option<Decision> {
+    async fn check_one(&self, key: &RuleKey<'_>, limit: &Limit, cost: u64) -> Option<Decision> {
         #[cfg(feature = "redis")]
         if let Some(r) = &self.redis {
-            let hashed = hash_key(key);
+            let hashed = hash_key(&key.to_string());
             match r.check(&hashed, limit, cost).await {
                 Ok(d) => {
                     metrics::gauge!(names::RATELIMIT_BACKEND_UP, "backend" => "redis").set(1.0);
@@ -440,7 +495,133 @@ impl RateLimiter {
                 }
             }
         }
-        Some(self.local.check(key, limit, cost))
+        Some(self.local.check_with(|h| key.feed(h), limit, cost))
+    }
+
+    /// `RateLimit` and `RateLimit-Policy` for an allowed request's
+    /// response (the same values as [`ratelimit_header`] and
+    /// [`policy_header`]), from the policies' preformatted parts.
+    pub fn success_headers(
+        &self,
+        ds: &[PolicyDecision],
+    ) -> (Option<http::HeaderValue>, Option<http::HeaderValue>) {
+        let policy = |d: &PolicyDecision| self.by_name.get(&d.policy);
+        let ratelimit = ds
+            .iter()
+            .min_by_key(|d| (d.decision.allowed, d.decision.remaining))
+            .and_then(|d| {
+                let value = match policy(d) {
+                    Some(p) => {
+                        let mut v = String::with_capacity(p.ratelimit_prefix.len() + 24);
+                        v.push_str(&p.ratelimit_prefix);
+                        v.push_str(itoa::Buffer::new().format(d.decision.remaining));
+                        v.push_str(";t=");
+                        v.push_str(itoa::Buffer::new().format(ceil_secs(d.decision.reset_after)));
+                        v
+                    }
+                    None => ratelimit_header(std::slice::from_ref(d))?,
+                };
+                http::HeaderValue::try_from(value).ok()
+            });
+        let policy_value = match ds {
+            [] => None,
+            [d] => match policy(d) {
+                Some(p) if p.limit_matches(&d.limit) => p.header.clone(),
+                _ => policy_header(ds).and_then(|v| http::HeaderValue::try_from(v).ok()),
+            },
+            _ => {
+                let mut v = String::new();
+                for (n, d) in ds.iter().enumerate() {
+                    if n > 0 {
+                        v.push_str(", ");
+                    }
+                    match policy(d) {
+                        Some(p) if p.limit_matches(&d.limit) => v.push_str(&p.item),
+                        _ => v.push_str(&policy_item(&d.policy, &d.limit)),
+                    }
+                }
+                http::HeaderValue::try_from(v).ok()
+            }
+        };
+        (ratelimit, policy_value)
+    }
+}
+
+/// A rule's limiter key: `{rule}:{key}` — formatted only for Redis; the
+/// local store hashes the same bytes without building the string.
+struct RuleKey<'a> {
+    rule: &'a str,
+    key: KeyOf<'a>,
+}
+
+impl RuleKey<'_> {
+    /// Feeds the hasher exactly what hashing `self.to_string()` as a `str`
+    /// would (its bytes, then `0xff`), so both spellings name one key.
+    fn feed(&self, h: &mut impl std::hash::Hasher) {
+        h.write(self.rule.as_bytes());
+        h.write(b":");
+        match &self.key {
+            KeyOf::Ip(_) => {
+                use std::fmt::Write;
+                struct Feed<'h, H>(&'h mut H);
+                impl<H: std::hash::Hasher> Write for Feed<'_, H> {
+                    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                        self.0.write(s.as_bytes());
+                        Ok(())
+                    }
+                }
+                let _ = write!(Feed(h), "{}", self.key);
+            }
+            KeyOf::Tenant(t) => {
+                h.write(b"tenant:");
+                h.write(t.as_bytes());
+            }
+            KeyOf::Sub(t, s) => {
+                h.write(b"sub:");
+                h.write(t.as_bytes());
+                h.write(b"/");
+                h.write(s.as_bytes());
+            }
+            KeyOf::Key(k) => {
+                h.write(b"key:");
+                h.write(k.as_bytes());
+            }
+        }
+        h.write_u8(0xff);
+    }
+}
+
+impl std::fmt::Display for RuleKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.rule, self.key)
+    }
+}
+
+/// What a rule keys a request by.
+enum KeyOf<'a> {
+    Ip(Option<IpAddr>),
+    Tenant(&'a str),
+    Sub(&'a str, &'a str),
+    Key(&'a str),
+}
+
+impl std::fmt::Display for KeyOf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyOf::Ip(Some(ip)) => write!(f, "ip:{ip}"),
+            KeyOf::Ip(None) => f.write_str("ip:unknown"),
+            KeyOf::Tenant(t) => write!(f, "tenant:{t}"),
+            KeyOf::Sub(t, s) => write!(f, "sub:{t}/{s}"),
+            KeyOf::Key(k) => write!(f, "key:{k}"),
+        }
+    }
+}
+
+impl Policy {
+    /// Whether a decision's limit is the one this policy was formatted
+    /// for (always, unless the decision was built by hand).
+    fn limit_matches(&self, l: &Limit) -> bool {
+        self.limit == *l
     }
 }
 
@@ -460,24 +641,29 @@ fn hash_key(key: &str) -> String {
     format!("{rule}:{hex}")
 }
 
-fn key_of(by: KeyBy, req: &RequestInfo<'_>) -> String {
-    let ip = || match req.ip {
-        Some(ip) => format!("ip:{ip}"),
-        None => "ip:unknown".to_owned(),
-    };
+fn key_of<'a>(by: KeyBy, req: &RequestInfo<'a>) -> KeyOf<'a> {
     let p = match req.principal {
         Some(p) if !p.is_anonymous() => p,
-        _ => return ip(),
+        _ => return KeyOf::Ip(req.ip),
     };
     match by {
-        KeyBy::Ip => ip(),
-        KeyBy::Tenant => format!("tenant:{}", p.tenant),
-        KeyBy::Principal => format!("sub:{}/{}", p.tenant, p.subject),
+        KeyBy::Ip => KeyOf::Ip(req.ip),
+        KeyBy::Tenant => KeyOf::Tenant(&p.tenant),
+        KeyBy::Principal => KeyOf::Sub(&p.tenant, &p.subject),
         KeyBy::Auto => match (&p.auth_method, &p.key_id) {
-            (AuthMethod::ApiKey, Some(k)) => format!("key:{k}"),
-            _ => format!("sub:{}/{}", p.tenant, p.subject),
+            (AuthMethod::ApiKey, Some(k)) => KeyOf::Key(k),
+            _ => KeyOf::Sub(&p.tenant, &p.subject),
         },
     }
+}
+
+/// One policy's `RateLimit-Policy` item.
+fn policy_item(name: &str, l: &Limit) -> String {
+    let mut s = format!("\"{name}\";q={};w={}", l.requests, l.window_secs);
+    if l.burst() != l.requests {
+        s.push_str(&format!(";weir-burst={}", l.burst()));
+    }
+    s
 }
 
 /// The `RateLimit-Policy` value: every applied policy.
@@ -487,16 +673,7 @@ pub fn policy_header(ds: &[PolicyDecision]) -> Option<String> {
     }
     Some(
         ds.iter()
-            .map(|d| {
-                let mut s = format!(
-                    "\"{}\";q={};w={}",
-                    d.policy, d.limit.requests, d.limit.window_secs
-                );
-                if d.limit.burst() != d.limit.requests {
-                    s.push_str(&format!(";weir-burst={}", d.limit.burst()));
-                }
-                s
-            })
+            .map(|d| policy_item(&d.policy, &d.limit))
             .collect::<Vec<_>>()
             .join(", "),
     )
@@ -730,6 +907,58 @@ mod tests {
             "\"global.default\";q=2;w=60"
         );
         assert_eq!(prob.extensions["violated-policies"][0], "global.default");
+    }
+
+    /// The preformatted success headers say exactly what the formatting
+    /// functions say, for one policy and for several.
+    #[tokio::test]
+    async fn success_headers_match_the_formatted_ones() {
+        let mut burst = rule("burst", &["POST"], "/", KeyBy::Tenant, &[("default", 5)]);
+        if let Some(l) = burst.limits.get_mut("default") {
+            l.burst = Some(9);
+        }
+        let l = RateLimiter::new(
+            cfg(vec![
+                rule("global", &[], "/", KeyBy::Auto, &[("default", 10)]),
+                burst,
+            ]),
+            ManualClock::new(),
+        )
+        .unwrap();
+        let p = user("a", "1");
+        for m in [http::Method::GET, http::Method::POST] {
+            for _ in 0..2 {
+                let Verdict::Allowed(ds) = hit(&l, &m, "/s", Some(&p), "").await else {
+                    panic!("allowed")
+                };
+                let (r, pol) = l.success_headers(&ds);
+                assert_eq!(r.unwrap().to_str().unwrap(), ratelimit_header(&ds).unwrap());
+                assert_eq!(pol.unwrap().to_str().unwrap(), policy_header(&ds).unwrap());
+            }
+        }
+        assert_eq!(l.success_headers(&[]), (None, None));
+    }
+
+    /// A key given in parts hashes like the same key as one string, so both
+    /// spellings share one limit.
+    #[test]
+    fn key_parts_hash_like_the_joined_key() {
+        let l = RateLimiter::new(cfg(vec![]), ManualClock::new()).unwrap();
+        let limit = Limit::per_second(2);
+        let keys = [
+            KeyOf::Key("k1"),
+            KeyOf::Sub("t", "s"),
+            KeyOf::Tenant("t"),
+            KeyOf::Ip("10.0.0.1".parse().ok()),
+            KeyOf::Ip(None),
+        ];
+        for k in keys {
+            let rk = RuleKey { rule: "r", key: k };
+            let joined = rk.to_string();
+            assert!(l.local().check(&joined, &limit, 1).allowed);
+            assert!(l.local().check_with(|h| rk.feed(h), &limit, 1).allowed);
+            assert!(!l.local().check(&joined, &limit, 1).allowed, "{joined}");
+        }
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! orchestrator left behind. The argument for why this is crash-safe is in
 //! docs/sagas.md.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -97,6 +97,7 @@ impl OrchestratorBuilder {
                 gauge_interval: self.gauge_interval,
                 wake: Notify::new(),
                 busy: Mutex::new(HashSet::new()),
+                cooling: Mutex::new(HashMap::new()),
                 stopping,
             }),
         }
@@ -124,6 +125,11 @@ struct Inner {
     wake: Notify,
     /// Instances this process is working on (never claimed twice here).
     busy: Mutex<HashSet<String>>,
+    /// Instances this process gave up on after an error, and until when it
+    /// leaves them to others: without it, an instance whose row cannot be
+    /// processed (or a statement that keeps failing) would be re-claimed
+    /// and fail again in a tight loop.
+    cooling: Mutex<HashMap<String, Instant>>,
     stopping: watch::Sender<bool>,
 }
 
@@ -361,15 +367,31 @@ impl Orchestrator {
 
     async fn claim(&self) -> Result<Option<Instance>, SagaError> {
         let inner = &self.inner;
-        let busy: Vec<String> = inner
+        let mut skip: Vec<String> = inner
             .busy
             .lock()
             .map(|b| b.iter().cloned().collect())
             .unwrap_or_default();
-        let inst = inner
+        if let Ok(mut c) = inner.cooling.lock() {
+            let now = Instant::now();
+            c.retain(|_, until| *until > now);
+            skip.extend(c.keys().cloned());
+        }
+        let inst = match inner
             .store
-            .claim(&inner.owner, inner.lease, &inner.known, &busy)
-            .await?;
+            .claim(&inner.owner, inner.lease, &inner.known, &skip)
+            .await
+        {
+            Ok(i) => i,
+            Err(e) => {
+                if let SagaError::Corrupt { id, .. } = &e {
+                    // Claimed, but the row does not decode.
+                    inner.cool(id);
+                    let _ = inner.store.release(id, &inner.owner).await;
+                }
+                return Err(e);
+            }
+        };
         if let Some(i) = &inst
             && let Ok(mut b) = inner.busy.lock()
         {
@@ -380,6 +402,13 @@ impl Orchestrator {
 }
 
 impl Inner {
+    /// Leaves `id` to other orchestrators for one lease period.
+    fn cool(&self, id: &str) {
+        if let Ok(mut c) = self.cooling.lock() {
+            c.insert(id.to_owned(), Instant::now() + self.lease);
+        }
+    }
+
     /// Works on one claimed instance until it is terminal, the lease is
     /// lost or the orchestrator stops. Errors are logged, not returned:
     /// whatever was not committed is redone by the next owner.
@@ -432,6 +461,7 @@ impl Inner {
             }
             Err(e) => {
                 tracing::warn!(%id, error = %e, "saga orchestrator: giving the instance up for now");
+                self.cool(&id);
                 let _ = self.store.release(&id, &self.owner).await;
             }
         }

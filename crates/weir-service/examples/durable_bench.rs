@@ -9,6 +9,8 @@
 //! * weir — `DurablePublisher` (Nats-Msg-Id, PubAck) and a durable listener
 //!   (KV ledger check + record, ack, metrics).
 //!
+//! * weir-idem — the same with a listener declared idempotent (no ledger).
+//!
 //! Prints events/s (first publish → last handled) and p50/p99 latency from
 //! publish start to handler, per round, then medians.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -143,7 +145,13 @@ async fn raw(js: &jetstream::Context, tag: &str, n: usize, conc: usize) -> Resul
     r
 }
 
-async fn weir(t: &Arc<dyn Transport>, tag: &str, n: usize, conc: usize) -> Result1 {
+async fn weir(
+    t: &Arc<dyn Transport>,
+    tag: &str,
+    n: usize,
+    conc: usize,
+    idempotent: bool,
+) -> Result1 {
     let js = t.jetstream().unwrap();
     let family = Family::new(format!("weir{tag}"));
     family.ensure(&js).await.unwrap();
@@ -152,7 +160,11 @@ async fn weir(t: &Arc<dyn Transport>, tag: &str, n: usize, conc: usize) -> Resul
     let svc = ServiceBuilder::new(format!("bench{tag}"), "1.0.0")
         .durable(
             DurableListener::new("h", family.clone(), format!("weir{tag}.>"))
-                .options(DurableOptions::default().concurrency(64))
+                .options(
+                    DurableOptions::default()
+                        .concurrency(64)
+                        .idempotent(idempotent),
+                )
                 .handler(move |ev| {
                     let s2 = s2.clone();
                     async move {
@@ -200,52 +212,70 @@ async fn main() {
     let js = t.jetstream().unwrap();
     println!("events per run: {n}, rounds: {rounds}");
     println!(
-        "{:<6} {:>5} {:>5} {:>10} {:>10} {:>10}",
+        "{:<9} {:>5} {:>5} {:>10} {:>10} {:>10}",
         "kind", "conc", "round", "events/s", "p50 µs", "p99 µs"
     );
     let mut table = Vec::new();
     for conc in [1usize, 16, 64] {
         let mut rr = (Vec::new(), Vec::new(), Vec::new());
         let mut wr = (Vec::new(), Vec::new(), Vec::new());
+        let mut ir = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             // Alternate which goes first, so drift hits both alike.
-            for kind in if round % 2 == 0 {
-                ["raw", "weir"]
+            let order = if round % 2 == 0 {
+                ["raw", "weir", "weir-idem"]
             } else {
-                ["weir", "raw"]
-            } {
+                ["weir-idem", "weir", "raw"]
+            };
+            for kind in order {
                 let tag = format!("{conc}_{round}");
-                let r = if kind == "raw" {
-                    raw(&js, &tag, n, conc).await
-                } else {
-                    weir(&t, &tag, n, conc).await
+                let r = match kind {
+                    "raw" => raw(&js, &tag, n, conc).await,
+                    "weir" => weir(&t, &tag, n, conc, false).await,
+                    _ => weir(&t, &format!("{tag}i"), n, conc, true).await,
                 };
                 println!(
-                    "{kind:<6} {conc:>5} {round:>5} {:>10.0} {:>10.0} {:>10.0}",
+                    "{kind:<9} {conc:>5} {round:>5} {:>10.0} {:>10.0} {:>10.0}",
                     r.rate, r.p50_us, r.p99_us
                 );
-                let acc = if kind == "raw" { &mut rr } else { &mut wr };
+                let acc = match kind {
+                    "raw" => &mut rr,
+                    "weir" => &mut wr,
+                    _ => &mut ir,
+                };
                 acc.0.push(r.rate);
                 acc.1.push(r.p50_us);
                 acc.2.push(r.p99_us);
             }
         }
-        table.push((conc, rr, wr));
+        table.push((conc, rr, wr, ir));
     }
-    println!("\nmedians");
+    println!("\nmedians (events/s; latency publish -> handler, µs)");
     println!(
-        "{:>5} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
-        "conc", "raw ev/s", "weir ev/s", "raw p50 µs", "weir p50 µs", "raw p99 µs", "weir p99 µs"
+        "{:>5} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "conc",
+        "raw/s",
+        "weir/s",
+        "idem/s",
+        "raw p50",
+        "weir p50",
+        "idem p50",
+        "raw p99",
+        "weir p99",
+        "idem p99"
     );
-    for (conc, r, w) in table {
+    for (conc, r, w, i) in table {
         println!(
-            "{conc:>5} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>12.0}",
+            "{conc:>5} {:>10.0} {:>10.0} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
             median(r.0),
             median(w.0),
+            median(i.0),
             median(r.1),
             median(w.1),
+            median(i.1),
             median(r.2),
-            median(w.2)
+            median(w.2),
+            median(i.2)
         );
     }
 }

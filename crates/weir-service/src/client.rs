@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
@@ -75,7 +75,12 @@ impl CallHandler for Base {
                 hm.insert(h::names::IDEMPOTENT, "1");
             }
             let reply = transport
-                .request(call.subject.to_string(), Some(hm), call.payload, timeout)
+                .request(
+                    String::from(&*call.subject),
+                    Some(hm),
+                    call.payload,
+                    timeout,
+                )
                 .await
                 .map_err(|e| match e {
                     TransportError::TimedOut => ServiceError::DeadlineExceeded,
@@ -345,22 +350,26 @@ type Handles = (metrics::Counter, metrics::Counter, metrics::Histogram);
 
 impl ClientLayer for ClientMetricsLayer {
     fn layer(&self, inner: BoxCallHandler) -> BoxCallHandler {
-        let cache: Arc<Mutex<HashMap<Arc<str>, Arc<Handles>>>> = Arc::default();
+        // Read-mostly: every call after a subject's first only takes the
+        // shared lock, so concurrent callers do not queue behind each other.
+        let cache: Arc<RwLock<HashMap<Arc<str>, Arc<Handles>>>> = Arc::default();
         Arc::new(
             move |call: Call| -> BoxFuture<'static, Result<Message, ServiceError>> {
-                let handles = {
-                    let mut c = cache.lock();
-                    c.entry(call.subject.clone())
-                    .or_insert_with(|| {
-                        let s = call.subject.to_string();
-                        Arc::new((
-                            metrics::counter!(crate::metrics::CLIENT_CALLS, "subject" => s.clone(), "result" => "ok"),
-                            metrics::counter!(crate::metrics::CLIENT_CALLS, "subject" => s.clone(), "result" => "error"),
-                            metrics::histogram!(crate::metrics::CLIENT_DURATION, "subject" => s),
-                        ))
-                    })
-                    .clone()
-                };
+                let cached = cache.read().get(&call.subject).cloned();
+                let handles = cached.unwrap_or_else(|| {
+                    cache
+                        .write()
+                        .entry(call.subject.clone())
+                        .or_insert_with(|| {
+                            let s = call.subject.to_string();
+                            Arc::new((
+                                metrics::counter!(crate::metrics::CLIENT_CALLS, "subject" => s.clone(), "result" => "ok"),
+                                metrics::counter!(crate::metrics::CLIENT_CALLS, "subject" => s.clone(), "result" => "error"),
+                                metrics::histogram!(crate::metrics::CLIENT_DURATION, "subject" => s),
+                            ))
+                        })
+                        .clone()
+                });
                 let fut = inner.call(call);
                 Box::pin(async move {
                     let start = std::time::Instant::now();

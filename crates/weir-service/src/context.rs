@@ -128,16 +128,25 @@ impl Ctx {
     /// the correlation id (the trace id if none), token and tenant.
     pub fn write_headers(&self, hm: &mut HeaderMap, default_timeout: Duration) -> Duration {
         let remaining = self.remaining().unwrap_or(default_timeout);
-        hm.insert(h::DEADLINE_MS, remaining.as_millis().max(1).to_string());
+        let ms = u64::try_from(remaining.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        hm.insert(h::DEADLINE_MS, ms.to_string());
         let trace = match &self.trace {
             Some(t) => t.child(),
             None => TraceContext::root(),
         };
-        hm.insert(h::TRACEPARENT, trace.to_header());
+        let traceparent = trace.to_header();
+        // Without a correlation id of its own, the call is correlated by its
+        // trace id: characters 3..35 of the traceparent just written.
         match &self.correlation_id {
             Some(c) => hm.insert(h::CORRELATION_ID, &**c),
-            None => hm.insert(h::CORRELATION_ID, trace.trace_id_hex()),
+            None => hm.insert(
+                h::CORRELATION_ID,
+                traceparent.get(3..35).unwrap_or_default(),
+            ),
         }
+        hm.insert(h::TRACEPARENT, traceparent);
         if let Some(t) = &self.token {
             hm.insert(h::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -188,9 +197,9 @@ impl TraceContext {
         if v == "00" && it.next().is_some() {
             return None;
         }
-        let trace_id = u128::from_str_radix(t, 16).ok()?;
-        let parent_id = u64::from_str_radix(p, 16).ok()?;
-        let flags = u8::from_str_radix(f, 16).ok()?;
+        let trace_id = parse_hex(t)?;
+        let parent_id = u64::try_from(parse_hex(p)?).ok()?;
+        let flags = u8::try_from(parse_hex(f)?).ok()?;
         if trace_id == 0 || parent_id == 0 || t.bytes().any(|b| b.is_ascii_uppercase()) {
             return None;
         }
@@ -201,17 +210,49 @@ impl TraceContext {
         })
     }
 
+    /// `00-{trace-id}-{parent-id}-{flags}`, lower-case hex. Written by hand
+    /// rather than through `format!`: it runs on every call and event, and
+    /// the formatting machinery cost more than the rest of the header work.
     pub fn to_header(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.parent_id,
-            u8::from(self.sampled)
-        )
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        push_hex(&mut s, self.trace_id, 32);
+        s.push('-');
+        push_hex(&mut s, u128::from(self.parent_id), 16);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        s
     }
 
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        let mut s = String::with_capacity(32);
+        push_hex(&mut s, self.trace_id, 32);
+        s
+    }
+}
+
+/// Hex digits only (no sign, unlike `from_str_radix`), at most 32 of them.
+/// Runs for every incoming message with a `traceparent`.
+fn parse_hex(s: &str) -> Option<u128> {
+    if s.is_empty() || s.len() > 32 {
+        return None;
+    }
+    s.bytes().try_fold(0u128, |acc, b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u128::from(d))
+    })
+}
+
+/// Appends the low `digits` nibbles of `v` as lower-case hex, zero-padded.
+fn push_hex(s: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        let nibble = (v >> (i * 4)) & 0xf;
+        s.push(char::from(HEX[nibble as usize]));
     }
 }
 
@@ -230,9 +271,31 @@ mod tests {
                 .is_none()
         );
         assert!(TraceContext::parse("00-abc-01").is_none());
+        assert!(
+            TraceContext::parse("00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .is_none()
+        );
+        assert!(
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01")
+                .is_none()
+        );
         let ok =
             TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert!(ok.sampled);
+        assert_eq!(
+            ok.to_header(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(ok.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let small = TraceContext {
+            trace_id: 1,
+            parent_id: 0xa,
+            sampled: false,
+        };
+        assert_eq!(
+            small.to_header(),
+            "00-00000000000000000000000000000001-000000000000000a-00"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -244,6 +307,9 @@ mod tests {
         let back = Ctx::from_headers(Some(&hm));
         assert_eq!(back.remaining(), Some(Duration::from_millis(250)));
         assert_eq!(back.bearer_token(), Some("abc"));
-        assert!(back.correlation_id().is_some());
+        assert_eq!(
+            back.correlation_id(),
+            back.trace().map(|t| t.trace_id_hex()).as_deref()
+        );
     }
 }

@@ -8,7 +8,8 @@ pub const REQUESTS: &str = "weir_service_requests_total";
 /// Histogram `{service, endpoint}`: handler time, seconds.
 pub const DURATION: &str = "weir_service_request_duration_seconds";
 /// Counter `{service, endpoint, reason}` (`bulkhead`, `rate_limited`,
-/// `unauthorized`, `deadline`): requests refused or cut short by middleware.
+/// `unauthorized`, `timeout`): requests refused or cut short by middleware
+/// (documented with the others in `docs/metrics.md`).
 pub const REJECTIONS: &str = "weir_service_rejections_total";
 /// Counter `{subject, result}`: calls made by clients.
 pub const CLIENT_CALLS: &str = "weir_service_client_calls_total";

@@ -642,10 +642,9 @@ async fn handle_request(
             error_message(&p)
         }
     };
-    let reply_to = reply_to.to_string();
     match inner
         .transport
-        .publish(reply_to.clone(), None, headers, payload)
+        .publish(reply_to.as_str().to_owned(), None, headers, payload)
         .await
     {
         Ok(()) => {}
@@ -655,7 +654,10 @@ async fn handle_request(
                 format!("the reply of {size} bytes exceeds max_payload {max}"),
             );
             let (h, b) = error_message(&p);
-            let _ = inner.transport.publish(reply_to, None, h, b).await;
+            let _ = inner
+                .transport
+                .publish(reply_to.as_str().to_owned(), None, h, b)
+                .await;
         }
         Err(e) => tracing::warn!(error = %e, "cannot send reply"),
     }

@@ -1,13 +1,16 @@
 //! Core NATS through async-nats.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, RequestErrorKind};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use super::{Message, Subscription, SubscriptionImpl, Transport, TransportError, check_size};
+use super::{
+    Message, Subscription, SubscriptionImpl, Transport, TransportError, check_size, message_size,
+};
 use crate::error::SetupError;
 
 /// How to reach NATS: servers, credentials, TLS, reconnect policy.
@@ -111,6 +114,65 @@ pub struct NatsTransport {
     client: Client,
     js: async_nats::jetstream::Context,
     leases: Arc<crate::timer::KvLeases>,
+    max_payload: Arc<MaxPayload>,
+}
+
+/// The server's `max_payload`, cached per connection.
+///
+/// `Client::server_info()` clones the whole INFO (a dozen strings and a
+/// list of URLs); reading it for every message was the largest single cost
+/// of a request. The value only changes when the client (re)connects, so it
+/// is cached together with the connection count it was read under and read
+/// again when that count moves. A message the cached value refuses is
+/// checked against a fresh read before it is refused, so a stale cache can
+/// never refuse a message the server would take.
+#[derive(Debug)]
+struct MaxPayload {
+    stats: Arc<async_nats::Statistics>,
+    /// `connects` when `value` was read (`u64::MAX`: never read).
+    epoch: AtomicU64,
+    value: AtomicUsize,
+}
+
+impl MaxPayload {
+    fn new(client: &Client) -> MaxPayload {
+        MaxPayload {
+            stats: client.statistics(),
+            epoch: AtomicU64::new(u64::MAX),
+            value: AtomicUsize::new(0),
+        }
+    }
+
+    fn get(&self, client: &Client) -> usize {
+        let connects = self.stats.connects.load(Ordering::Acquire);
+        if self.epoch.load(Ordering::Acquire) == connects {
+            return self.value.load(Ordering::Acquire);
+        }
+        self.refresh(client, connects)
+    }
+
+    fn refresh(&self, client: &Client, connects: u64) -> usize {
+        let v = client.server_info().max_payload;
+        self.value.store(v, Ordering::Release);
+        self.epoch.store(connects, Ordering::Release);
+        v
+    }
+
+    /// [`check_size`] against the cached value, confirmed by a fresh read
+    /// before refusing.
+    fn check(
+        &self,
+        client: &Client,
+        headers: Option<&HeaderMap>,
+        payload: &Bytes,
+    ) -> Result<(), TransportError> {
+        let size = message_size(headers, payload);
+        if size <= self.get(client) {
+            return Ok(());
+        }
+        let fresh = self.refresh(client, self.stats.connects.load(Ordering::Acquire));
+        check_size(headers, payload, fresh)
+    }
 }
 
 impl NatsTransport {
@@ -118,6 +180,7 @@ impl NatsTransport {
         let js = async_nats::jetstream::new(client.clone());
         NatsTransport {
             leases: Arc::new(crate::timer::KvLeases::new(js.clone())),
+            max_payload: Arc::new(MaxPayload::new(&client)),
             js,
             client,
         }
@@ -172,7 +235,8 @@ impl Transport for NatsTransport {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<(), TransportError> {
-        check_size(headers.as_ref(), &payload, self.max_payload())?;
+        self.max_payload
+            .check(&self.client, headers.as_ref(), &payload)?;
         let r = match (reply, headers) {
             (None, None) => self.client.publish(subject, payload).await,
             (None, Some(h)) => self.client.publish_with_headers(subject, h, payload).await,
@@ -193,7 +257,8 @@ impl Transport for NatsTransport {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, TransportError> {
-        check_size(headers.as_ref(), &payload, self.max_payload())?;
+        self.max_payload
+            .check(&self.client, headers.as_ref(), &payload)?;
         let mut req = async_nats::Request::new()
             .payload(payload)
             .timeout(Some(timeout));
@@ -228,7 +293,7 @@ impl Transport for NatsTransport {
     }
 
     fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+        self.max_payload.get(&self.client)
     }
 
     async fn flush(&self) -> Result<(), TransportError> {

@@ -60,6 +60,9 @@ impl Caller {
     }
 }
 
+/// The `service` label of calls made by raw-subject routes.
+pub const SUBJECT_LABEL: &str = "subject";
+
 /// Where a call goes and how it is labelled.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -117,11 +120,13 @@ pub fn problem_of(e: &ServiceError, target: &Target) -> Problem {
         }
         ServiceError::DeadlineExceeded => weir_service::error::deadline_problem(),
         ServiceError::NoResponders(_) | ServiceError::CircuitOpen(_) | ServiceError::Shutdown => {
-            Problem::new(
-                ErrorCode::ServiceUnavailable,
-                format!("no instance of `{}` is available", target.service),
-            )
-            .header(http::header::RETRY_AFTER, "1")
+            let detail = if target.service == SUBJECT_LABEL {
+                "nothing answers on this route's subject".to_owned()
+            } else {
+                format!("no instance of `{}` is available", target.service)
+            };
+            Problem::new(ErrorCode::ServiceUnavailable, detail)
+                .header(http::header::RETRY_AFTER, "1")
         }
         ServiceError::PayloadTooLarge { .. } => {
             Problem::new(ErrorCode::PayloadTooLarge, e.to_string())

@@ -60,7 +60,7 @@ async fn configured(st: St, index: usize, req: Request) -> Response {
     let target = if let Some(subject) = &r.subject {
         Target {
             subject: subject.clone(),
-            service: "subject".into(),
+            service: crate::call::SUBJECT_LABEL.into(),
             endpoint: r.path.clone(),
             idempotent: r.idempotent.unwrap_or(default_idempotent),
         }

@@ -4,6 +4,7 @@ mod admin_cmd;
 mod bridge_cmd;
 mod config;
 mod events_cmd;
+mod gateway_cmd;
 mod saga_cmd;
 mod serve;
 mod service_cmd;
@@ -60,6 +61,8 @@ enum Command {
     /// Dead-lettered events: list, show, replay (docs/events.md).
     #[command(subcommand)]
     Dlq(events_cmd::DlqCmd),
+    /// Serve NATS services over HTTP, SSE and WebSocket (docs/gateway.md).
+    Gateway(gateway_cmd::GatewayArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::Saga(cmd) => saga_cmd::run(cmd),
         Command::Events(cmd) => events_cmd::events(cmd),
         Command::Dlq(cmd) => events_cmd::dlq(cmd),
+        Command::Gateway(a) => gateway_cmd::run(a),
         Command::Config(ConfigCmd::Print(o)) => {
             print!("{}", config::Config::load(&o)?.to_toml()?);
             Ok(())

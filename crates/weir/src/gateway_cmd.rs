@@ -1,0 +1,134 @@
+//! `weir gateway`: NATS services over HTTP, SSE and WebSocket (see
+//! `weir-gateway` and docs/gateway.md).
+//!
+//! The configuration file shares `[auth]`, `[authz]` and `[rate_limit]`
+//! with `weir serve` (the same production layer, the same keys) and adds
+//! `[gateway]`. Other sections (`[server]`, `[storage]`, …) are ignored, so
+//! one file can configure both.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use weir_gateway::{Gateway, GatewayConfig};
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "WEIR_GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// TOML file with `[gateway]`, `[auth]`, `[authz]`, `[rate_limit]`.
+    #[arg(long, env = "WEIR_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The sections `weir gateway` reads.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct GatewayFile {
+    gateway: GatewayConfig,
+    auth: weir_layer::auth::AuthConfig,
+    authz: weir_layer::authz::AuthzConfig,
+    rate_limit: weir_layer::ratelimit::RateLimitConfig,
+}
+
+impl GatewayFile {
+    fn load(path: Option<&PathBuf>) -> anyhow::Result<GatewayFile> {
+        let mut fig = Figment::from(Serialized::defaults(GatewayFile::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                anyhow::bail!("configuration file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig.extract().context("invalid gateway configuration")
+    }
+
+    fn layer(&self) -> weir_layer::LayerConfig {
+        weir_layer::LayerConfig {
+            auth: self.auth.clone(),
+            authz: self.authz.clone(),
+            rate_limit: self.rate_limit.clone(),
+        }
+    }
+}
+
+pub fn run(a: GatewayArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let file = GatewayFile::load(a.config.as_ref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(serve(a, file))
+}
+
+async fn serve(a: GatewayArgs, file: GatewayFile) -> anyhow::Result<()> {
+    let layer_cfg = file.layer();
+    // API keys live in the layer's store, shared with `weir serve` when
+    // both point at the same database.
+    let stores = if layer_cfg.auth.api_keys.enabled {
+        Some(
+            weir_layer::store::open(&layer_cfg.auth.api_keys)
+                .await
+                .context("opening the layer's store (API keys)")?,
+        )
+    } else {
+        None
+    };
+    let layer = weir_layer::Production::build(
+        &layer_cfg,
+        stores.as_ref().map(|s| s.keys.clone()),
+        weir_layer::clock::system(),
+    )
+    .context("building the production layer")?;
+    let transport = weir_service::NatsTransport::connect(&a.nats)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", a.nats))?;
+    let gateway = Gateway::builder(Arc::new(transport), file.gateway)
+        .layer(layer)
+        .build()
+        .await
+        .context("starting the gateway")?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    // The one line on stdout: scripts and tests parse it to find the port.
+    println!("gateway listening on http://{}", listener.local_addr()?);
+    gateway
+        .serve(listener, shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -19,7 +19,14 @@ use weir_service::{Problem, ServiceBuilder};
 
 fn counting(name: &str, family: &Family, idempotent: bool, n: Arc<AtomicU64>) -> DurableListener {
     DurableListener::new(name, family.clone(), "shipments.>")
-        .options(DurableOptions::default().idempotent(idempotent))
+        // One at a time: the KV ledger is check-then-record, so two copies
+        // of an event handled *concurrently* can both run (docs/events.md;
+        // the PostgreSQL inbox closes that gap with its row lock).
+        .options(
+            DurableOptions::default()
+                .idempotent(idempotent)
+                .concurrency(1),
+        )
         .handler(move |_ev| {
             let n = n.clone();
             async move {

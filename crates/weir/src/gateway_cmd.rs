@@ -132,3 +132,59 @@ async fn shutdown_signal() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// `[gateway]` next to the shared layer sections and `weir serve`'s own
+    /// sections, which the gateway ignores.
+    #[test]
+    fn reads_gateway_and_layer_sections() {
+        let dir = std::env::temp_dir().join(format!("weir-gw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("weir.toml");
+        std::fs::write(
+            &path,
+            r#"
+[server]
+port = 4437
+
+[auth]
+mode = "required"
+[auth.jwt]
+hs256_secret = "a-secret-long-enough-for-the-hs256-check"
+
+[rate_limit]
+enabled = true
+
+[gateway]
+default_timeout_ms = 1500
+
+[[gateway.routes]]
+method = "GET"
+path = "/users/{id}"
+service = "users"
+endpoint = "get"
+
+[gateway.events]
+tenancy = true
+rules = [{ subjects = "orders.>", roles = ["clerk"] }]
+"#,
+        )
+        .unwrap();
+        let f = GatewayFile::load(Some(&path)).unwrap();
+        assert_eq!(f.gateway.default_timeout_ms, 1500);
+        assert_eq!(f.gateway.routes[0].path, "/users/{id}");
+        assert!(f.gateway.events.tenancy);
+        assert_eq!(f.gateway.events.rules[0].roles, vec!["clerk"]);
+        assert_eq!(f.auth.mode, weir_layer::auth::AuthMode::Required);
+        assert!(f.layer().rate_limit.enabled);
+        // A typo inside [gateway] is an error, not a silent default.
+        std::fs::write(&path, "[gateway]\ndefault_timeout = 5\n").unwrap();
+        assert!(GatewayFile::load(Some(&path)).is_err());
+        assert!(GatewayFile::load(Some(&dir.join("missing.toml"))).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -109,6 +109,15 @@ impl Drop for Env {
 
 /// nats-server, the calc service, and a gateway with `cfg` and `layer`.
 pub async fn start(cfg: GatewayConfig, layer: weir_layer::LayerConfig) -> Env {
+    start_until(cfg, layer, std::future::pending()).await
+}
+
+/// Same, serving until `shutdown` completes (then the gateway drains).
+pub async fn start_until(
+    cfg: GatewayConfig,
+    layer: weir_layer::LayerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Env {
     let nats = NatsServer::start();
     let bus = nats.connect().await;
     let service = Calc.builder().start(bus.clone()).await.unwrap();
@@ -126,7 +135,7 @@ pub async fn start(cfg: GatewayConfig, layer: weir_layer::LayerConfig) -> Env {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let g = gateway.clone();
     let server = tokio::spawn(async move {
-        g.serve(listener, std::future::pending()).await.unwrap();
+        g.serve(listener, shutdown).await.unwrap();
     });
     Env {
         nats,

@@ -30,7 +30,7 @@ pub struct Settings {
     /// Long-poll latency samples (0 skips).
     #[arg(long, default_value_t = 300)]
     pub latency_samples: usize,
-    /// SSE fan-out reader counts, comma-separated (empty skips).
+    /// SSE fan-out reader counts, comma-separated (`0` skips).
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     pub fanout: Vec<usize>,
     /// Messages appended during each fan-out run.
@@ -181,7 +181,7 @@ pub async fn run_all(base: &str, s: &Settings, pid: Option<u32>) -> anyhow::Resu
         eprintln!("  catch-up: {gib:.2} GiB/s");
         f.catchup_gib_s = Some(gib);
     }
-    for &n in &s.fanout {
+    for &n in s.fanout.iter().filter(|&&n| n > 0) {
         match fanout(
             base,
             n,

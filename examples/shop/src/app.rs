@@ -1,5 +1,5 @@
 //! Starts the whole shop in one process: the four services, the saga
-//! orchestrator, and (given a Weir stream URL) the bridge that appends
+//! orchestrator, the gateway, and (given a Weir stream URL) the bridge that appends
 //! `order.>` to it.
 
 use std::sync::Arc;
@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 use weir_bridge::{BatchConfig, BridgeConfig, Mapping, WeirAuth};
+use weir_gateway::config::{EventsConfig, SubscribeRule};
+use weir_gateway::{Gateway, GatewayConfig};
 use weir_saga::{Orchestrator, Registry, SagaStore};
 use weir_service::durable::{DurablePublisher, Family};
 use weir_service::{Client, NatsTransport, ServiceContract, ServiceHandle, Transport};
@@ -23,6 +25,50 @@ pub struct ShopConfig {
     /// Weir stream the bridge appends `order.>` to; no bridge when `None`.
     pub bridge_stream: Option<String>,
     pub bridge_auth: WeirAuth,
+    /// Where the gateway serves the services over HTTP (SSE, WebSocket,
+    /// OpenAPI); no gateway when `None`.
+    pub gateway: Option<std::net::SocketAddr>,
+}
+
+/// The gateway: every service endpoint as `POST /api/{service}/{endpoint}`,
+/// `GET /openapi.json`, and the order events over SSE (`GET
+/// /events?subject=order.>`) and WebSocket, behind the production layer
+/// (here with its defaults: no authentication).
+async fn start_gateway(
+    transport: &Arc<dyn Transport>,
+    addr: std::net::SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let config = GatewayConfig {
+        events: EventsConfig {
+            rules: vec![SubscribeRule {
+                subjects: "order.>".into(),
+                roles: Vec::new(),
+                scopes: Vec::new(),
+            }],
+            ..EventsConfig::default()
+        },
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::builder(transport.clone(), config)
+        .layer_config(&weir_layer::LayerConfig::default())?
+        .build()
+        .await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the gateway to {addr}"))?;
+    let local = listener.local_addr()?;
+    tasks.spawn(async move {
+        gateway
+            .serve(listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("gateway")
+    });
+    tracing::info!(addr = %local, "gateway listening");
+    Ok(local)
 }
 
 /// The running shop.
@@ -30,6 +76,8 @@ pub struct Shop {
     pub services: Vec<ServiceHandle>,
     pub orchestrator: Orchestrator,
     pub transport: Arc<dyn Transport>,
+    /// The gateway's address once it listens.
+    pub gateway: Option<std::net::SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
@@ -94,10 +142,17 @@ impl Shop {
             };
             tasks.spawn(async move { weir_bridge::run(config, rx).await.context("bridge") });
         }
+        let gateway = match cfg.gateway {
+            Some(addr) => {
+                Some(start_gateway(&transport, addr, stop.subscribe(), &mut tasks).await?)
+            }
+            None => None,
+        };
         Ok(Shop {
             services,
             orchestrator,
             transport,
+            gateway,
             stop,
             tasks,
         })

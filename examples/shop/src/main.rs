@@ -19,6 +19,9 @@ struct Args {
     /// Weir stream to bridge `order.>` to (omit to run without the bridge).
     #[arg(long, env = "SHOP_WEIR_STREAM")]
     weir_stream: Option<String>,
+    /// Address of the HTTP gateway (`none` to run without it).
+    #[arg(long, env = "SHOP_GATEWAY", default_value = "127.0.0.1:8081")]
+    gateway: String,
     /// API key for the Weir server, if it requires one.
     #[arg(long, env = "SHOP_WEIR_API_KEY", hide_env_values = true)]
     weir_api_key: Option<String>,
@@ -38,8 +41,18 @@ async fn main() -> anyhow::Result<()> {
         database_url: a.database_url,
         bridge_stream: a.weir_stream,
         bridge_auth: a.weir_api_key.map_or(WeirAuth::None, WeirAuth::ApiKey),
+        gateway: match a.gateway.as_str() {
+            "none" => None,
+            g => Some(
+                g.parse()
+                    .map_err(|e| anyhow::anyhow!("--gateway `{g}`: {e}"))?,
+            ),
+        },
     })
     .await?;
+    if let Some(g) = shop.gateway {
+        println!("gateway: http://{g}");
+    }
     tracing::info!("shop running: users, inventory, orders, notifications");
     tokio::select! {
         e = shop.failed() => return Err(e),

@@ -64,6 +64,7 @@ async fn place_confirm_compensate_and_read_the_bridged_stream() {
         database_url: db.url().to_owned(),
         bridge_stream: Some(stream.clone()),
         bridge_auth: weir_bridge::WeirAuth::None,
+        gateway: Some("127.0.0.1:0".parse().unwrap()),
     })
     .await
     .unwrap();
@@ -135,6 +136,48 @@ async fn place_confirm_compensate_and_read_the_bridged_stream() {
         "the compensation released the reservation"
     );
 
+    // The same services over HTTP through the gateway: an order placed
+    // with a POST, the stock read back, the OpenAPI document lists them.
+    let gw = format!("http://{}", shop.gateway.unwrap());
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{gw}/api/orders/place"))
+        .header("content-type", "application/json")
+        .body(r#"{"user":"alice","sku":"pear","qty":2,"order_id":"o-alice-2"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let order: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["total"], 240);
+    let r = http
+        .post(format!("{gw}/api/orders/place"))
+        .header("content-type", "application/json")
+        .body(r#"{"user":"alice","sku":"pear","qty":0}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a request outside the contract is refused");
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/problem+json")
+    );
+    let doc: serde_json::Value = serde_json::from_slice(
+        &http
+            .get(format!("{gw}/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(doc["paths"].get("/api/orders/place").is_some(), "{doc}");
+
     // Placing the same order id again does not order twice.
     let again = orders
         .place(
@@ -170,7 +213,7 @@ async fn place_confirm_compensate_and_read_the_bridged_stream() {
             .list(&ctx(), ListRequest { user: None })
             .await
             .unwrap();
-        if sent.len() >= 4 || start.elapsed() > Duration::from_secs(60) {
+        if sent.len() >= 6 || start.elapsed() > Duration::from_secs(60) {
             break sent;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -179,7 +222,7 @@ async fn place_confirm_compensate_and_read_the_bridged_stream() {
         .iter()
         .map(|n| (n.user.clone(), n.text.clone()))
         .collect();
-    assert_eq!(texts.len(), 4, "{texts:?}");
+    assert_eq!(texts.len(), 6, "{texts:?}");
     assert!(
         texts.contains(&(
             "alice".into(),
@@ -198,7 +241,7 @@ async fn place_confirm_compensate_and_read_the_bridged_stream() {
     let start = Instant::now();
     let recs = loop {
         let recs = read_stream(&stream).await;
-        if recs.len() >= 4 || start.elapsed() > Duration::from_secs(60) {
+        if recs.len() >= 6 || start.elapsed() > Duration::from_secs(60) {
             break recs;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -219,6 +262,8 @@ async fn place_confirm_compensate_and_read_the_bridged_stream() {
             ("order.confirmed".into(), "o-alice-1".into()),
             ("order.placed".into(), "o-bob-1".into()),
             ("order.cancelled".into(), "o-bob-1".into()),
+            ("order.placed".into(), "o-alice-2".into()),
+            ("order.confirmed".into(), "o-alice-2".into()),
         ]
     );
     assert!(

@@ -12,8 +12,13 @@ use weir_service::{Client, Ctx, Discovery, ServiceError, Transport};
 /// How to reach NATS (shared by `services` and `call`).
 #[derive(Args, Debug, Clone)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL(s), comma-separated (`--nats` like the other commands).
+    #[arg(
+        long,
+        visible_alias = "nats",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub server: String,
     /// A `.creds` file (JWT + NKey seed).
     #[arg(long, env = "NATS_CREDS")]

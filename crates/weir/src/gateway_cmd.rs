@@ -117,21 +117,8 @@ async fn serve(a: GatewayArgs, file: GatewayFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
+/// SIGTERM or Ctrl-C: the same signals every Weir process drains on.
+use weir_service::runner::shutdown_signal;
 
 #[cfg(test)]
 mod tests {

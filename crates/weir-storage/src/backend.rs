@@ -46,6 +46,30 @@ pub enum Op {
     KvDelete { key: String },
 }
 
+/// Where a stream's durable progress is published (its tail watch).
+/// Publishing is monotonic: an older `(tail, closed, commits)` than the
+/// current one changes nothing, so it may be published twice.
+pub trait Publish: Send + Sync + 'static {
+    fn publish(&self, tail: u64, closed: bool, commits: u64);
+}
+
+/// What to publish once an append is durable: whoever learns it first (the
+/// log's committer thread, right after the batch's sync) wakes the stream's
+/// readers, without waiting for the appending task to be scheduled.
+pub struct OnDurable {
+    pub target: Arc<dyn Publish>,
+    pub tail: u64,
+    pub closed: bool,
+    pub commits: u64,
+}
+
+impl OnDurable {
+    /// Publishes the progress this op makes durable.
+    pub fn publish(&self) {
+        self.target.publish(self.tail, self.closed, self.commits);
+    }
+}
+
 /// Resolves when the operation it was issued for is durable.
 pub type Ticket = Option<Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>>;
 
@@ -65,6 +89,22 @@ pub trait Backend: Send + Sync + 'static {
     /// return a [`Ticket`] that resolves once `op` is durable (`None` when it
     /// already is).
     fn submit(&self, op: &Op, index: Option<&Arc<Self::Index>>) -> Result<Ticket, StorageError>;
+
+    /// [`Backend::submit`] of an append whose durability also publishes
+    /// `on_durable`. A backend that learns of durability away from the
+    /// submitting task (the log's committer) publishes it there, before
+    /// completing the ticket, so readers wake one hop earlier; it must never
+    /// publish before the op is durable, nor after a failed write. The table
+    /// publishes again once the ticket resolves (a no-op by then).
+    fn submit_append(
+        &self,
+        op: &Op,
+        index: &Arc<Self::Index>,
+        on_durable: OnDurable,
+    ) -> Result<Ticket, StorageError> {
+        let _ = on_durable;
+        self.submit(op, Some(index))
+    }
 
     /// The stream's own chunks overlapping `[pos, end)`, in order, enough to
     /// cover `budget` bytes (at least one chunk when any overlaps).

@@ -29,7 +29,7 @@ use weir_core::offset::ReadFrom;
 use weir_core::state::{ForkOrigin, StreamMeta, StreamState};
 use weir_core::{ContentType, Expiry, Offset, StreamName};
 
-use crate::backend::{Backend, Op, Ticket};
+use crate::backend::{Backend, OnDurable, Op, Publish, Ticket};
 use crate::chunk::Chunk;
 use crate::{
     AppendAck, AppendOutcome, CreateOutcome, CreateRequest, ReadChunk, Storage, StorageError,
@@ -391,25 +391,36 @@ impl<B: Backend> Table<B> {
         let mut d = s.data.lock();
         let next = match append::decide(&s.meta, &d.state, req) {
             Ok(AppendDecision::Commit(c)) => {
-                self.check_budget(c.len())?;
+                let len = c.len();
+                self.check_budget(len)?;
                 let start = d.state.tail;
-                let ticket = self.backend.submit(
-                    &Op::Append {
-                        id: s.meta.id,
-                        start,
-                        json: s.meta.content_type.is_json(),
-                        commit: c.clone(),
-                    },
-                    Some(&s.index),
-                )?;
+                let (tail, closed, seq) = (start + len, d.state.closed || c.close, d.submitted + 1);
+                let op = Op::Append {
+                    id: s.meta.id,
+                    start,
+                    json: s.meta.content_type.is_json(),
+                    commit: c,
+                };
+                let on_durable = OnDurable {
+                    target: s.clone(),
+                    tail,
+                    closed,
+                    commits: seq,
+                };
+                let ticket = self.backend.submit_append(&op, &s.index, on_durable)?;
+                let Op::Append { commit: c, .. } = op else {
+                    return Err(StorageError::Io("append op changed kind".into()));
+                };
                 c.apply(&mut d.state);
-                d.submitted += 1;
+                d.submitted = seq;
                 Pending::Commit {
                     ticket,
-                    tail: d.state.tail,
-                    closed: d.state.closed,
-                    seq: d.submitted,
-                    commit: c,
+                    tail,
+                    closed,
+                    seq,
+                    len,
+                    close: c.close,
+                    producer: c.producer.map(|(_, p)| p),
                 }
             }
             Ok(AppendDecision::Duplicate { producer, .. }) => Pending::Answer {
@@ -443,25 +454,25 @@ impl<B: Backend> Table<B> {
                 tail,
                 closed,
                 seq,
-                commit,
+                len,
+                close,
+                producer,
             } => {
                 self.settle(&s, ticket, tail, closed, seq).await?;
                 s.touch(now);
-                let prev = s.meta.offset_at(tail - commit.len());
+                let prev = s.meta.offset_at(tail - len);
                 let tail = s.meta.offset_at(tail);
-                if !commit.is_empty() {
+                if len > 0 {
                     self.emit(name, StreamEventKind::Appended, prev, tail);
                 }
-                if commit.close {
+                if close {
                     self.emit(name, StreamEventKind::Closed, tail, tail);
                 }
                 Ok(AppendOutcome {
-                    result: Ok(AppendAck::Appended {
-                        producer: commit.producer.as_ref().map(|(_, p)| *p),
-                    }),
+                    result: Ok(AppendAck::Appended { producer }),
                     tail,
                     closed,
-                    bytes: commit.len(),
+                    bytes: len,
                 })
             }
             Pending::Answer { target, result } => {
@@ -505,7 +516,10 @@ enum Pending {
         tail: u64,
         closed: bool,
         seq: u64,
-        commit: Commit,
+        /// Bytes the commit adds, whether it closes, the producer's state.
+        len: u64,
+        close: bool,
+        producer: Option<weir_core::ProducerState>,
     },
     /// Answered without writing, once everything before it is durable.
     Answer {
@@ -785,6 +799,12 @@ impl<B: Backend> Table<B> {
     }
 }
 
+impl<I: Send + Sync + 'static> Publish for Stream<I> {
+    fn publish(&self, tail: u64, closed: bool, commits: u64) {
+        Stream::publish(self, tail, closed, commits);
+    }
+}
+
 impl<I> Stream<I> {
     fn restored(
         meta: StreamMeta,
@@ -838,8 +858,12 @@ impl<I> Stream<I> {
     }
 
     /// Publishes durable progress: readers and watches see it from now on.
+    /// Already published (by the log's committer) → nothing to do.
     fn publish(&self, tail: u64, closed: bool, seq: u64) {
         let mut d = self.data.lock();
+        if d.durable >= tail && d.durable_commits >= seq && (d.durable_closed || !closed) {
+            return;
+        }
         d.durable = d.durable.max(tail);
         d.durable_closed |= closed;
         d.durable_commits = d.durable_commits.max(seq);

@@ -27,10 +27,10 @@ use parking_lot::Mutex;
 
 use super::codec::{self, kind_and_key};
 use super::engine::{Engine, EngineOptions, LogError, RecoveryReport, SyncMode};
-use super::frame::NO_PREV;
+use super::frame::{self, NO_PREV};
 use super::fs::{Fs, RealFs};
 use crate::StorageError;
-use crate::backend::{Backend, Op, Ticket};
+use crate::backend::{Backend, OnDurable, Op, Ticket};
 use crate::chunk::{Chunk, ChunkBody};
 use crate::table::{Table, TableLimits};
 
@@ -245,6 +245,57 @@ impl LogBackend {
             .ok_or_else(|| StorageError::Unavailable("the log is still recovering".into()))
     }
 
+    /// Frames `op` as one record (chained to its stream's previous data
+    /// record), queues it, and returns the ticket of its durability.
+    fn submit_op(
+        &self,
+        op: &Op,
+        index: Option<&Arc<LogIndex>>,
+        publish: Option<OnDurable>,
+    ) -> Result<Ticket, StorageError> {
+        let engine = self.engine()?;
+        if !matches!(op, Op::Delete { .. } | Op::KvDelete { .. }) {
+            self.check_space(engine)?;
+        }
+        // The payload is encoded straight into the frame, outside the lock.
+        let mut frame = frame::unsealed(codec::encoded_len_hint(op), |b| {
+            codec::encode_into(op, b);
+        });
+        let (kind, key) = kind_and_key(op);
+        let data = op_chunk(op);
+        let rx = match (data, index) {
+            (Some((start, body)), Some(index)) => {
+                // Chain to the stream's previous data record, then index
+                // this one — under the index lock so the chain is ordered.
+                let mut inner = index.inner.lock();
+                let prev = inner.last.map_or(NO_PREV, |(_, l)| l);
+                frame::seal(&mut frame, kind, key, prev);
+                let (lsn, rx) = engine.submit_frame(frame, publish).map_err(storage_error)?;
+                let len = body.len();
+                let chunk = Chunk {
+                    start,
+                    body: body.compact(),
+                };
+                inner.add(start, len, lsn, Some(chunk), &self.hot_used);
+                rx
+            }
+            _ => {
+                frame::seal(&mut frame, kind, key, NO_PREV);
+                engine
+                    .submit_frame(frame, publish)
+                    .map_err(storage_error)?
+                    .1
+            }
+        };
+        Ok(Some(Box::pin(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(storage_error(e)),
+                Err(_) => Err(StorageError::Io("the log committer stopped".into())),
+            }
+        })))
+    }
+
     /// Refuses writes (507) while the data volume has less free space than
     /// the threshold, so the disk never fills mid-batch. Deletes pass: they
     /// are how space comes back.
@@ -359,41 +410,16 @@ impl Backend for LogBackend {
     }
 
     fn submit(&self, op: &Op, index: Option<&Arc<LogIndex>>) -> Result<Ticket, StorageError> {
-        let engine = self.engine()?;
-        if !matches!(op, Op::Delete { .. } | Op::KvDelete { .. }) {
-            self.check_space(engine)?;
-        }
-        let payload = codec::encode(op);
-        let (kind, key) = kind_and_key(op);
-        let data = op_chunk(op);
-        let (lsn, rx) = match (&data, index) {
-            (Some((start, body)), Some(index)) => {
-                // Chain to the stream's previous data record, then index
-                // this one — under the index lock so the chain is ordered.
-                let mut inner = index.inner.lock();
-                let prev = inner.last.map_or(NO_PREV, |(_, l)| l);
-                let (lsn, rx) = engine
-                    .submit(kind, key, prev, &payload)
-                    .map_err(storage_error)?;
-                let chunk = Chunk {
-                    start: *start,
-                    body: body.compact(),
-                };
-                inner.add(*start, body.len(), lsn, Some(chunk), &self.hot_used);
-                (lsn, rx)
-            }
-            _ => engine
-                .submit(kind, key, NO_PREV, &payload)
-                .map_err(storage_error)?,
-        };
-        let _ = lsn; // Positions are recorded in the index above.
-        Ok(Some(Box::pin(async move {
-            match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(storage_error(e)),
-                Err(_) => Err(StorageError::Io("the log committer stopped".into())),
-            }
-        })))
+        self.submit_op(op, index, None)
+    }
+
+    fn submit_append(
+        &self,
+        op: &Op,
+        index: &Arc<LogIndex>,
+        on_durable: OnDurable,
+    ) -> Result<Ticket, StorageError> {
+        self.submit_op(op, Some(index), Some(on_durable))
     }
 
     async fn chunks(

@@ -198,13 +198,25 @@ pub fn kind_and_key(op: &Op) -> (u8, u64) {
 
 /// Encodes an op.
 pub fn encode(op: &Op) -> Bytes {
-    let mut b = BytesMut::with_capacity(64 + op_data_len(op));
+    let mut b = BytesMut::with_capacity(encoded_len_hint(op));
+    encode_into(op, &mut b);
+    b.freeze()
+}
+
+/// About how many bytes [`encode`] writes for `op` (a capacity hint).
+pub fn encoded_len_hint(op: &Op) -> usize {
+    64 + op_data_len(op)
+}
+
+/// Encodes an op at the end of `b` (the log frames it in place).
+pub fn encode_into(op: &Op, b: &mut impl BufMut) {
+    let b = &mut *b;
     match op {
         Op::Create { meta, commit } => {
             b.put_u8(kind::CREATE);
             let json = serde_json::to_vec(meta).unwrap_or_default();
-            put_bytes32(&mut b, &json);
-            put_commit(&mut b, commit);
+            put_bytes32(b, &json);
+            put_commit(b, commit);
         }
         Op::Append {
             id,
@@ -216,7 +228,7 @@ pub fn encode(op: &Op) -> Bytes {
             b.put_u64_le(*id);
             b.put_u64_le(*start);
             b.put_u8(u8::from(*json));
-            put_commit(&mut b, commit);
+            put_commit(b, commit);
         }
         Op::Delete { id } => {
             b.put_u8(kind::DELETE);
@@ -228,16 +240,15 @@ pub fn encode(op: &Op) -> Bytes {
             version,
         } => {
             b.put_u8(kind::KV_PUT);
-            put_str16(&mut b, key);
+            put_str16(b, key);
             b.put_u64_le(*version);
-            put_bytes32(&mut b, value);
+            put_bytes32(b, value);
         }
         Op::KvDelete { key } => {
             b.put_u8(kind::KV_DELETE);
-            put_str16(&mut b, key);
+            put_str16(b, key);
         }
     }
-    b.freeze()
 }
 
 fn op_data_len(op: &Op) -> usize {
@@ -295,19 +306,19 @@ pub fn decode(payload: &Bytes) -> Result<Op, DecodeError> {
     Ok(op)
 }
 
-fn put_str16(b: &mut BytesMut, s: &str) {
+fn put_str16(b: &mut impl BufMut, s: &str) {
     let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
     b.put_u16_le(len);
     b.put_slice(&s.as_bytes()[..usize::from(len)]);
 }
 
-fn put_bytes32(b: &mut BytesMut, v: &[u8]) {
+fn put_bytes32(b: &mut impl BufMut, v: &[u8]) {
     let len = u32::try_from(v.len()).unwrap_or(u32::MAX);
     b.put_u32_le(len);
     b.put_slice(&v[..len as usize]);
 }
 
-fn put_commit(b: &mut BytesMut, c: &Commit) {
+fn put_commit(b: &mut impl BufMut, c: &Commit) {
     let mut flags = 0;
     if c.close {
         flags |= F_CLOSE;

@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 
 use super::frame::{self, HEADER, KIND_SEGMENT_END, NO_PREV, Slot};
 use super::fs::{Fs, LogFile};
+use crate::backend::OnDurable;
 
 /// Name of the file recording the on-disk format version.
 pub const FORMAT_FILE: &str = "FORMAT";
@@ -126,6 +127,8 @@ struct Job {
     frame: Vec<u8>,
     end: u64,
     done: Option<oneshot::Sender<Result<(), LogError>>>,
+    /// Published by the committer once the batch is durable.
+    publish: Option<OnDurable>,
 }
 
 struct Reserve {
@@ -509,7 +512,18 @@ impl Engine {
         prev: u64,
         payload: &[u8],
     ) -> Result<(u64, oneshot::Receiver<Result<(), LogError>>), LogError> {
-        let frame = frame::encode(kind, key, prev, payload);
+        self.submit_frame(frame::encode(kind, key, prev, payload), None)
+    }
+
+    /// Queues an encoded frame (see [`frame::encode`]); once its batch is
+    /// durable the committer publishes `publish` (before completing the
+    /// returned receiver), so the stream's readers wake straight from the
+    /// committer thread.
+    pub fn submit_frame(
+        &self,
+        frame: Vec<u8>,
+        publish: Option<OnDurable>,
+    ) -> Result<(u64, oneshot::Receiver<Result<(), LogError>>), LogError> {
         let size = self.opts.segment_size;
         if frame.len() as u64 + 2 * HEADER as u64 > size {
             return Err(LogError::TooLarge(frame.len()));
@@ -531,6 +545,7 @@ impl Engine {
                 end: r.seg * size + r.off + end_marker.len() as u64,
                 frame: end_marker,
                 done: None,
+                publish: None,
             })
             .map_err(|_| LogError::Closed)?;
             r.seg += 1;
@@ -544,6 +559,7 @@ impl Engine {
             end: lsn + len,
             frame,
             done: Some(done_tx),
+            publish,
         })
         .map_err(|_| LogError::Closed)?;
         r.off += len;
@@ -706,6 +722,8 @@ impl Engine {
         self.fs.remove(&seg_name(seg))?;
         self.fs.sync_dir()?;
         self.reclaimed.fetch_add(size, Ordering::Relaxed);
+        // docs/metrics.md; the total since start is `reclaimed_bytes`.
+        metrics::counter!("weir_storage_reclaimed_bytes_total").increment(size);
         Ok(size)
     }
 
@@ -770,6 +788,21 @@ fn committer(engine: std::sync::Weak<Engine>, rx: mpsc::Receiver<Job>) {
         match result {
             Ok(end) => {
                 engine.durable.fetch_max(end, Ordering::AcqRel);
+                // Readers first: wake them from here rather than after the
+                // appending tasks were scheduled. Consecutive jobs of one
+                // stream publish once (progress is monotonic).
+                let mut pending: Option<&OnDurable> = None;
+                for p in jobs.iter().filter_map(|j| j.publish.as_ref()) {
+                    if let Some(q) = pending
+                        && !Arc::ptr_eq(&q.target, &p.target)
+                    {
+                        q.publish();
+                    }
+                    pending = Some(p);
+                }
+                if let Some(q) = pending {
+                    q.publish();
+                }
                 for j in jobs {
                     if let Some(d) = j.done {
                         let _ = d.send(Ok(()));

@@ -55,23 +55,52 @@ pub fn frame_len(len: usize) -> usize {
 
 /// Encodes a record frame (header, payload, padding).
 pub fn encode(kind: u8, key: u64, prev: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(frame_len(payload.len()));
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.push(VERSION);
-    out.push(kind);
-    out.extend_from_slice(
-        &u32::try_from(payload.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
-    out.extend_from_slice(&key.to_le_bytes());
-    out.extend_from_slice(&prev.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    let hcrc = crc32fast::hash(&out[..28]);
-    out.extend_from_slice(&hcrc.to_le_bytes());
-    out.extend_from_slice(payload);
-    out.resize(frame_len(payload.len()), 0);
+    encode_with(kind, key, prev, payload.len(), |out| {
+        out.extend_from_slice(payload);
+    })
+}
+
+/// Encodes a record frame whose payload `fill` appends to the buffer (so
+/// the payload is written once, in place); `hint` is its expected length.
+pub fn encode_with(
+    kind: u8,
+    key: u64,
+    prev: u64,
+    hint: usize,
+    fill: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let mut out = unsealed(hint, fill);
+    seal(&mut out, kind, key, prev);
     out
+}
+
+/// A frame buffer with room for the header and the payload `fill` appends,
+/// to be finished by [`seal`].
+pub fn unsealed(hint: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame_len(hint));
+    out.resize(HEADER, 0);
+    fill(&mut out);
+    out
+}
+
+/// Writes the header of a frame from [`unsealed`] (the payload is
+/// everything after the header) and pads it.
+pub fn seal(out: &mut Vec<u8>, kind: u8, key: u64, prev: u64) {
+    let len = out.len().saturating_sub(HEADER);
+    let mut h = [0u8; HEADER];
+    h[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+    h[2] = VERSION;
+    h[3] = kind;
+    h[4..8].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    h[8..16].copy_from_slice(&key.to_le_bytes());
+    h[16..24].copy_from_slice(&prev.to_le_bytes());
+    h[24..28].copy_from_slice(&crc32fast::hash(out.get(HEADER..).unwrap_or(&[])).to_le_bytes());
+    let hcrc = crc32fast::hash(&h[..28]);
+    h[28..32].copy_from_slice(&hcrc.to_le_bytes());
+    if let Some(head) = out.get_mut(..HEADER) {
+        head.copy_from_slice(&h);
+    }
+    out.resize(frame_len(len), 0);
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

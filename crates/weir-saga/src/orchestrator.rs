@@ -201,6 +201,15 @@ fn problem_json(p: &Problem) -> Value {
     serde_json::to_value(p).unwrap_or_else(|_| Value::String(p.to_string()))
 }
 
+/// `{what} failed after N attempt(s): STATUS CODE: DETAIL`, the instance's
+/// error once an action's attempts ran out.
+fn gave_up(what: &str, failures: u32, p: &Problem) -> String {
+    format!(
+        "{what} failed after {failures} attempt(s): {} {}: {}",
+        p.status, p.code, p.detail
+    )
+}
+
 /// Resolves when the lease is reported lost; never if the renewal task
 /// went away (the fence on every write still catches a lost lease).
 async fn lease_lost(mut rx: watch::Receiver<bool>) {
@@ -483,14 +492,7 @@ impl Inner {
             match inst.status {
                 Status::Completed | Status::Compensated | Status::Failed => return Ok(true),
                 Status::Running if inst.step >= n => {
-                    let to = Transition {
-                        state: &inst.state,
-                        status: Status::Completed,
-                        step: n,
-                        error: None,
-                    };
-                    self.store
-                        .finish(&inst.id, &self.owner, self.lease, &to, None)
+                    self.transition(&inst, Status::Completed, n, None, None)
                         .await?;
                     inst.status = Status::Completed;
                 }
@@ -518,20 +520,8 @@ impl Inner {
                             } else {
                                 Status::Running
                             };
-                            let to = Transition {
-                                state: &inst.state,
-                                status,
-                                step: next,
-                                error: None,
-                            };
-                            self.store
-                                .finish(
-                                    &inst.id,
-                                    &self.owner,
-                                    self.lease,
-                                    &to,
-                                    Some((log_id, LogResult::Succeeded(&output))),
-                                )
+                            let log = (log_id, LogResult::Succeeded(&output));
+                            self.transition(&inst, status, next, None, Some(log))
                                 .await?;
                             inst.step = next;
                             inst.status = status;
@@ -542,25 +532,17 @@ impl Inner {
                             problem,
                             failures,
                         } => {
-                            let error = format!(
-                                "step {} failed after {failures} attempt(s): {} {}: {}",
-                                step.name, problem.status, problem.code, problem.detail
-                            );
-                            let to = Transition {
-                                state: &inst.state,
-                                status: Status::Compensating,
-                                step: idx,
-                                error: Some(&error),
-                            };
-                            self.store
-                                .finish(
-                                    &inst.id,
-                                    &self.owner,
-                                    self.lease,
-                                    &to,
-                                    Some((log_id, LogResult::Failed(&problem_json(&problem)))),
-                                )
-                                .await?;
+                            let what = format!("step {}", step.name);
+                            let error = gave_up(&what, failures, &problem);
+                            self.give_up(
+                                &inst,
+                                Status::Compensating,
+                                idx,
+                                &error,
+                                log_id,
+                                &problem,
+                            )
+                            .await?;
                             metrics::compensation_started(&saga.name);
                             tracing::info!(id = %inst.id, saga = %saga.name, %error, "saga compensating");
                             inst.status = Status::Compensating;
@@ -569,14 +551,7 @@ impl Inner {
                     }
                 }
                 Status::Compensating if inst.step == 0 => {
-                    let to = Transition {
-                        state: &inst.state,
-                        status: Status::Compensated,
-                        step: 0,
-                        error: inst.error.as_deref(),
-                    };
-                    self.store
-                        .finish(&inst.id, &self.owner, self.lease, &to, None)
+                    self.transition(&inst, Status::Compensated, 0, inst.error.as_deref(), None)
                         .await?;
                     inst.status = Status::Compensated;
                 }
@@ -590,15 +565,14 @@ impl Inner {
                     };
                     let Some(comp) = &step.compensation else {
                         // Nothing to undo: move on without a log row.
-                        let to = Transition {
-                            state: &inst.state,
-                            status: Status::Compensating,
-                            step: idx,
-                            error: inst.error.as_deref(),
-                        };
-                        self.store
-                            .finish(&inst.id, &self.owner, self.lease, &to, None)
-                            .await?;
+                        self.transition(
+                            &inst,
+                            Status::Compensating,
+                            idx,
+                            inst.error.as_deref(),
+                            None,
+                        )
+                        .await?;
                         inst.step = idx;
                         continue;
                     };
@@ -616,20 +590,9 @@ impl Inner {
                     {
                         Outcome::Stopped => return Ok(false),
                         Outcome::Succeeded { log_id, output } => {
-                            let to = Transition {
-                                state: &inst.state,
-                                status: Status::Compensating,
-                                step: idx,
-                                error: inst.error.as_deref(),
-                            };
-                            self.store
-                                .finish(
-                                    &inst.id,
-                                    &self.owner,
-                                    self.lease,
-                                    &to,
-                                    Some((log_id, LogResult::Succeeded(&output))),
-                                )
+                            let log = (log_id, LogResult::Succeeded(&output));
+                            let error = inst.error.as_deref();
+                            self.transition(&inst, Status::Compensating, idx, error, Some(log))
                                 .await?;
                             inst.step = idx;
                         }
@@ -638,29 +601,21 @@ impl Inner {
                             problem,
                             failures,
                         } => {
+                            let what = format!("compensation of step {}", step.name);
                             let error = format!(
-                                "compensation of step {} failed after {failures} attempt(s): {} {}: {} (the saga was compensating because: {})",
-                                step.name,
-                                problem.status,
-                                problem.code,
-                                problem.detail,
+                                "{} (the saga was compensating because: {})",
+                                gave_up(&what, failures, &problem),
                                 inst.error.as_deref().unwrap_or("?")
                             );
-                            let to = Transition {
-                                state: &inst.state,
-                                status: Status::Failed,
-                                step: inst.step,
-                                error: Some(&error),
-                            };
-                            self.store
-                                .finish(
-                                    &inst.id,
-                                    &self.owner,
-                                    self.lease,
-                                    &to,
-                                    Some((log_id, LogResult::Failed(&problem_json(&problem)))),
-                                )
-                                .await?;
+                            self.give_up(
+                                &inst,
+                                Status::Failed,
+                                inst.step,
+                                &error,
+                                log_id,
+                                &problem,
+                            )
+                            .await?;
                             metrics::saga_failed(&saga.name);
                             tracing::error!(id = %inst.id, saga = %saga.name, %error, "saga failed: needs an operator");
                             inst.status = Status::Failed;
@@ -669,6 +624,45 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Moves `inst` to `status` at `step` with `error` (the instance's state
+    /// as it is now), fenced by this orchestrator's lease; `log` completes
+    /// the attempt's row when an attempt ended.
+    async fn transition(
+        &self,
+        inst: &Instance,
+        status: Status,
+        step: u32,
+        error: Option<&str>,
+        log: Option<(i64, LogResult<'_>)>,
+    ) -> Result<(), SagaError> {
+        let to = Transition {
+            state: &inst.state,
+            status,
+            step,
+            error,
+        };
+        self.store
+            .finish(&inst.id, &self.owner, self.lease, &to, log)
+            .await
+    }
+
+    /// The attempts at an action ran out: `inst` moves to `status` at `step`
+    /// with `error`, and the last attempt's log row keeps its problem.
+    async fn give_up(
+        &self,
+        inst: &Instance,
+        status: Status,
+        step: u32,
+        error: &str,
+        log_id: i64,
+        problem: &Problem,
+    ) -> Result<(), SagaError> {
+        let problem = problem_json(problem);
+        let log = (log_id, LogResult::Failed(&problem));
+        self.transition(inst, status, step, Some(error), Some(log))
+            .await
     }
 
     /// Runs one step's action (or compensation) until it succeeds or its

@@ -7,24 +7,11 @@
 mod support;
 
 use serde_json::json;
-use support::{WhoAmI, http, jwt_layer, problem, start, token};
-use weir_gateway::GatewayConfig;
-use weir_gateway::config::{EventsConfig, SubscribeRule};
+use support::{WhoAmI, http, jwt_layer, orders_for_clerks, problem, start, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_errors_are_problems() {
-    let cfg = GatewayConfig {
-        events: EventsConfig {
-            tenancy: true,
-            rules: vec![SubscribeRule {
-                subjects: "orders.>".into(),
-                roles: vec!["clerk".into()],
-                scopes: vec![],
-            }],
-        },
-        ..GatewayConfig::default()
-    };
-    let env = start(cfg, jwt_layer()).await;
+    let env = start(orders_for_clerks(), jwt_layer()).await;
     let c = http();
     let url = format!("{}/api/calc/whoami", env.base);
 
@@ -44,12 +31,10 @@ async fn auth_errors_are_problems() {
     assert_eq!(p["correlation_id"], "req-anon");
 
     // A token signed with another key.
-    let forged = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": "eve", "tenant": "acme", "exp": 4_000_000_000u64}),
-        &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret-not-the-secret-not"),
-    )
-    .unwrap();
+    let forged = weir_testkit::jwt::hs256(
+        b"not-the-secret-not-the-secret-not",
+        json!({"sub": "eve", "tenant": "acme", "exp": 4_000_000_000u64}),
+    );
     let r = c
         .post(&url)
         .bearer_auth(forged)

@@ -8,24 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use support::{http, jwt_layer, start, token};
-use weir_gateway::GatewayConfig;
-use weir_gateway::config::{EventsConfig, SubscribeRule};
+use support::{http, jwt_layer, orders_for_clerks, start, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_delivers_tenant_events() {
-    let cfg = GatewayConfig {
-        events: EventsConfig {
-            tenancy: true,
-            rules: vec![SubscribeRule {
-                subjects: "orders.>".into(),
-                roles: vec!["clerk".into()],
-                scopes: vec![],
-            }],
-        },
-        ..GatewayConfig::default()
-    };
-    let env = start(cfg, jwt_layer()).await;
+    let env = start(orders_for_clerks(), jwt_layer()).await;
     let r = http()
         .get(format!("{}/events?subject=orders.>", env.base))
         .bearer_auth(token("ana", "acme", &["clerk"]))

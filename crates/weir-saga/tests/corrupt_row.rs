@@ -17,7 +17,7 @@ async fn an_undecodable_instance_does_not_block_the_others() {
     let saga = Saga::new("s", 1).step(Step::new("a", |_c: StepCtx| async { Ok(json!(null)) }));
     let orch = Orchestrator::builder(store.clone(), Registry::new().with(saga).unwrap()).build();
     let good = orch.start("s", json!({})).await.unwrap();
-    let c = db.connect().await.unwrap();
+    let c = weir_testkit::pg::connect(&db).await;
     // Oldest `updated_at`: claimed first.
     c.execute(
         "INSERT INTO weir_saga_instances (id, saga, version, input, state, status, created_at, updated_at) \

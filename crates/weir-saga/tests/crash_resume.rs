@@ -82,7 +82,7 @@ struct Case {
 #[tokio::test]
 async fn the_saga_finishes_correctly_after_a_kill_at_every_step() {
     let (db, store) = database("saga_crash").await;
-    let c = db.connect().await.unwrap();
+    let c = weir_testkit::pg::connect(&db).await;
     c.batch_execute(
         "CREATE TABLE crash_calls (n BIGSERIAL PRIMARY KEY, key TEXT NOT NULL);
          CREATE TABLE crash_ledger (key TEXT PRIMARY KEY);

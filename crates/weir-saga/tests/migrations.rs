@@ -5,27 +5,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use weir_layer::migrate::LAYER;
-use weir_layer::store::postgres::testing::TestDatabase;
 use weir_layer::store::postgres::{migrate_down, migrate_status, migrate_up};
 use weir_saga::MIGRATIONS;
+use weir_testkit::pg;
 
-async fn tables(c: &tokio_postgres::Client) -> Vec<String> {
-    c.query(
-        "SELECT table_name::text FROM information_schema.tables \
-         WHERE table_schema = 'public' AND table_name LIKE 'weir_%' ORDER BY 1",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+async fn tables(c: &pg::Client) -> Vec<String> {
+    pg::tables(c, "weir_%").await
 }
 
 #[tokio::test]
 async fn up_down_up() {
-    let db = TestDatabase::create("saga_migrate").await.unwrap();
-    let c = db.connect().await.unwrap();
+    let db = pg::database("saga_migrate").await;
+    let c = pg::connect(&db).await;
     assert_eq!(MIGRATIONS.name, "saga");
     assert_eq!(MIGRATIONS.table, "weir_saga_migrations");
     MIGRATIONS.check().unwrap();
@@ -77,12 +68,10 @@ async fn up_down_up() {
     );
 
     assert_eq!(migrate_up(&c, &MIGRATIONS, None).await.unwrap(), vec![1]);
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM weir_saga_instances", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0);
+    assert_eq!(
+        pg::count(&c, "SELECT count(*) FROM weir_saga_instances").await,
+        0
+    );
     // The status constraint is in place.
     assert!(
         c.execute(

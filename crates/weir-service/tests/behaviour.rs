@@ -716,17 +716,10 @@ async fn max_payload_refused_before_send(env: Env) {
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
 fn token(sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": sub, "tenant": "acme", "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    weir_testkit::jwt::hs256(
+        SECRET.as_bytes(),
+        serde_json::json!({"sub": sub, "tenant": "acme"}),
     )
-    .unwrap()
 }
 
 async fn auth_propagates_and_rate_limits_per_caller(env: Env) {

@@ -19,14 +19,13 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use durable_support::{PATIENCE, eventually};
+use durable_support::{PATIENCE, eventually, eventually_all_acked};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use weir_layer::store::postgres::migrate_up;
-use weir_layer::store::postgres::testing::TestDatabase;
 use weir_service::durable::pg::{MIGRATIONS, OutboxRelay, PgPool};
 use weir_service::durable::{DurableListener, DurableOptions, DurablePublisher, Family};
 use weir_service::{ErrorCode, NatsTransport, Problem, ServiceBuilder};
-use weir_testkit::NatsServer;
+use weir_testkit::{NatsServer, pg};
 
 /// The consumer process (a no-op in a normal test run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,14 +109,10 @@ async fn spawn_child(nats: &str, pg: &str, mode: &str, until: &str) -> tokio::pr
     child
 }
 
-async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_handler_is_handled_once_after_restart() {
-    let db = TestDatabase::create("durable_crash").await.unwrap();
-    let c = db.connect().await.unwrap();
+    let db = pg::database("durable_crash").await;
+    let c = pg::connect(&db).await;
     migrate_up(&c, &MIGRATIONS, None).await.unwrap();
     c.batch_execute("CREATE TABLE effects (event_id text NOT NULL)")
         .await
@@ -137,8 +132,8 @@ async fn crash_mid_handler_is_handled_once_after_restart() {
     let mut first = spawn_child(server.url(), db.url(), "hang", "EFFECT_DONE").await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
-    assert_eq!(count(&c, "SELECT count(*) FROM effects").await, 0);
-    assert_eq!(count(&c, "SELECT count(*) FROM weir_outbox").await, 0);
+    assert_eq!(pg::count(&c, "SELECT count(*) FROM effects").await, 0);
+    assert_eq!(pg::count(&c, "SELECT count(*) FROM weir_outbox").await, 0);
 
     // Restarted: the redelivery (after the ack wait) is handled.
     let mut second = spawn_child(server.url(), db.url(), "normal", "CHILD_READY").await;
@@ -154,7 +149,7 @@ async fn crash_mid_handler_is_handled_once_after_restart() {
     })
     .await;
     eventually("the outbox emptied", || async {
-        count(&c, "SELECT count(*) FROM weir_outbox").await == 0
+        pg::count(&c, "SELECT count(*) FROM weir_outbox").await == 0
     })
     .await;
 
@@ -170,29 +165,16 @@ async fn crash_mid_handler_is_handled_once_after_restart() {
         )
         .await
         .unwrap();
-    eventually("the copy acknowledged", || {
-        let js = js.clone();
-        async move {
-            let mut cons: async_nats::jetstream::consumer::PullConsumer = js
-                .get_stream("EVENTS_orders")
-                .await
-                .unwrap()
-                .get_consumer("stock_reserve")
-                .await
-                .unwrap();
-            let i = cons.info().await.unwrap();
-            i.num_pending == 0 && i.num_ack_pending == 0
-        }
-    })
-    .await;
+    // The copy acknowledged.
+    eventually_all_acked(&js, "EVENTS_orders", "stock_reserve").await;
     second.start_kill().unwrap();
     second.wait().await.unwrap();
 
-    assert_eq!(count(&c, "SELECT count(*) FROM effects").await, 1);
+    assert_eq!(pg::count(&c, "SELECT count(*) FROM effects").await, 1);
     assert_eq!(
-        count(&c, "SELECT count(*) FROM weir_inbox WHERE consumer = 'stock_reserve' AND event_id = 'order-1'").await,
+        pg::count(&c, "SELECT count(*) FROM weir_inbox WHERE consumer = 'stock_reserve' AND event_id = 'order-1'").await,
         1
     );
-    assert_eq!(count(&c, "SELECT count(*) FROM weir_outbox").await, 0);
+    assert_eq!(pg::count(&c, "SELECT count(*) FROM weir_outbox").await, 0);
     assert_eq!(stock_len().await, 1, "the outbox event was published once");
 }

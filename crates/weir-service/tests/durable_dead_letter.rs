@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use durable_support::{dead_letters, env, eventually};
+use durable_support::{consumer_info, dead_letters, env, eventually};
 use weir_service::durable::{DurableListener, DurableOptions, DurablePublisher, Family};
 use weir_service::{ErrorCode, Problem, ServiceBuilder};
 
@@ -106,14 +106,7 @@ async fn retries_then_dead_letters_with_history() {
 
     // The originals are terminated, not pending.
     assert!(svc.drain().await);
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream("EVENTS_orders")
-        .await
-        .unwrap()
-        .get_consumer("billing_invoice")
-        .await
-        .unwrap();
-    let info = consumer.info().await.unwrap();
+    let info = consumer_info(&js, "EVENTS_orders", "billing_invoice").await;
     assert_eq!(info.num_pending, 0);
     assert_eq!(info.num_ack_pending, 0);
 }

@@ -7,7 +7,7 @@ mod durable_support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use durable_support::{env, eventually};
+use durable_support::{consumer_info, env, eventually};
 use tokio::sync::Notify;
 use weir_service::durable::{DurableListener, DurablePublisher, Family};
 use weir_service::{Problem, ServiceBuilder};
@@ -58,14 +58,7 @@ async fn drain_finishes_in_flight_and_acks() {
     .await;
     assert!(drain.await.unwrap(), "drain finished in time");
 
-    let mut c: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream("EVENTS_jobs")
-        .await
-        .unwrap()
-        .get_consumer("worker_run")
-        .await
-        .unwrap();
-    let i = c.info().await.unwrap();
+    let i = consumer_info(&js, "EVENTS_jobs", "worker_run").await;
     assert_eq!(i.num_ack_pending, 0, "acked before drain returned");
     assert_eq!(i.num_pending, 0);
     assert_eq!(started.load(Ordering::SeqCst), 1);

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use durable_support::{env, eventually};
+use durable_support::{env, eventually, eventually_all_acked};
 use weir_service::durable::{DurableListener, DurableOptions, DurablePublisher, Family};
 use weir_service::{Problem, ServiceBuilder};
 
@@ -94,20 +94,6 @@ async fn duplicates_are_handled_once() {
     })
     .await;
     // Everything acked: the skipped copy was not left pending.
-    eventually("nothing pending", || {
-        let js = js.clone();
-        async move {
-            let mut c: async_nats::jetstream::consumer::PullConsumer = js
-                .get_stream("EVENTS_shipments")
-                .await
-                .unwrap()
-                .get_consumer("notify_mail")
-                .await
-                .unwrap();
-            let i = c.info().await.unwrap();
-            i.num_pending == 0 && i.num_ack_pending == 0
-        }
-    })
-    .await;
+    eventually_all_acked(&js, "EVENTS_shipments", "notify_mail").await;
     assert_eq!(ledgered.load(Ordering::SeqCst), 2);
 }

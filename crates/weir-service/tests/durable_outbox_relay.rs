@@ -8,9 +8,9 @@ mod durable_support;
 
 use durable_support::env;
 use weir_layer::store::postgres::migrate_up;
-use weir_layer::store::postgres::testing::TestDatabase;
 use weir_service::durable::pg::{MIGRATIONS, PgPool, relay_once};
 use weir_service::durable::{EVENT_ID, Family};
+use weir_testkit::pg;
 
 async fn insert(c: &tokio_postgres::Client, id: &str, subject: &str) {
     c.execute(
@@ -22,16 +22,13 @@ async fn insert(c: &tokio_postgres::Client, id: &str, subject: &str) {
 }
 
 async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT count(*) FROM weir_outbox", &[])
-        .await
-        .unwrap()
-        .get(0)
+    pg::count(c, "SELECT count(*) FROM weir_outbox").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_crash_between_publish_and_delete_publishes_once() {
-    let db = TestDatabase::create("outbox_relay").await.unwrap();
-    let c = db.connect().await.unwrap();
+    let db = pg::database("outbox_relay").await;
+    let c = pg::connect(&db).await;
     migrate_up(&c, &MIGRATIONS, None).await.unwrap();
     let env = env().await;
     let js = env.nats.jetstream().clone();

@@ -1,27 +1,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `events` migration set goes up, down and up again on PostgreSQL.
 
-use weir_layer::store::postgres::testing::TestDatabase;
 use weir_layer::store::postgres::{migrate_down, migrate_status, migrate_up};
 use weir_service::durable::pg::MIGRATIONS;
+use weir_testkit::pg;
 
-async fn tables(c: &tokio_postgres::Client) -> Vec<String> {
-    c.query(
-        "SELECT table_name::text FROM information_schema.tables \
-         WHERE table_name IN ('weir_inbox', 'weir_outbox') ORDER BY 1",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+/// `weir_inbox` and `weir_outbox`, those of them that exist.
+async fn tables(c: &pg::Client) -> Vec<String> {
+    pg::tables(c, "weir_%box").await
 }
 
 #[tokio::test]
 async fn up_down_up() {
-    let db = TestDatabase::create("events_migrations").await.unwrap();
-    let c = db.connect().await.unwrap();
+    let db = pg::database("events_migrations").await;
+    let c = pg::connect(&db).await;
     assert_eq!(MIGRATIONS.name, "events");
     assert_eq!(MIGRATIONS.table, "weir_events_migrations");
 

@@ -10,6 +10,14 @@
 //! * [`MockService`] — stands in for a dependency with canned handlers and
 //!   records the calls it got.
 //! * [`EventCatcher`] — collects events published on a subject pattern.
+//! * `pg` (feature `pg`) — a uniquely named database on the machine's
+//!   PostgreSQL, dropped with the value, and small schema helpers.
+//! * `jwt` (feature `jwt`) — HS256 tokens signed with a test secret.
+
+#[cfg(feature = "jwt")]
+pub mod jwt;
+#[cfg(feature = "pg")]
+pub mod pg;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

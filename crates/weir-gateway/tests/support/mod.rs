@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use weir_gateway::config::{EventsConfig, SubscribeRule};
 use weir_gateway::{Gateway, GatewayConfig};
 use weir_service::{Ctx, ErrorCode, Problem, ServiceContract, ServiceHandle, Transport};
 use weir_testkit::NatsServer;
@@ -155,17 +156,10 @@ pub const SECRET: &str = "a-gateway-test-secret-long-enough-for-hs256";
 
 /// A JWT for `sub` in `tenant` with `roles`, signed with [`SECRET`].
 pub fn token(sub: &str, tenant: &str, roles: &[&str]) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": sub, "tenant": tenant, "roles": roles, "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    weir_testkit::jwt::hs256(
+        SECRET.as_bytes(),
+        serde_json::json!({"sub": sub, "tenant": tenant, "roles": roles}),
     )
-    .unwrap()
 }
 
 /// `[auth]` requiring JWTs signed with [`SECRET`].
@@ -173,6 +167,22 @@ pub fn jwt_layer() -> weir_layer::LayerConfig {
     toml_layer(&format!(
         "[auth]\nmode = \"required\"\n[auth.jwt]\nhs256_secret = \"{SECRET}\"\n[authz.roles]\nclerk = [\"read\"]\nadmin = [\"admin\"]\n"
     ))
+}
+
+/// Events with tenancy on: `orders.>` (in the caller's tenant) for the
+/// `clerk` role only.
+pub fn orders_for_clerks() -> GatewayConfig {
+    GatewayConfig {
+        events: EventsConfig {
+            tenancy: true,
+            rules: vec![SubscribeRule {
+                subjects: "orders.>".into(),
+                roles: vec!["clerk".into()],
+                scopes: vec![],
+            }],
+        },
+        ..GatewayConfig::default()
+    }
 }
 
 pub fn toml_layer(s: &str) -> weir_layer::LayerConfig {

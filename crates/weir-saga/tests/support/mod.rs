@@ -6,8 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_layer::store::postgres::testing::TestDatabase;
 use weir_saga::SagaStore;
+use weir_testkit::pg::{self, TestDatabase};
 
 /// Long enough never to fire on a loaded CI machine; only there so that a
 /// broken orchestrator fails the test instead of hanging it.
@@ -15,9 +15,7 @@ pub const GIVE_UP: Duration = Duration::from_secs(120);
 
 /// A fresh database with the saga tables, dropped with the returned value.
 pub async fn database(tag: &str) -> (TestDatabase, SagaStore) {
-    let db = TestDatabase::create(tag)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let db = pg::database(tag).await;
     let store = SagaStore::new(db.url()).unwrap_or_else(|e| panic!("{e}"));
     store.migrate().await.unwrap_or_else(|e| panic!("{e}"));
     (db, store)

@@ -44,6 +44,38 @@ pub async fn env() -> Env {
     }
 }
 
+/// The state of `consumer` on `stream` (pending and unacknowledged counts).
+pub async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> async_nats::jetstream::consumer::Info {
+    let mut c: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_consumer(consumer)
+        .await
+        .unwrap();
+    c.info().await.unwrap().clone()
+}
+
+/// Waits until `consumer` on `stream` has nothing pending or unacknowledged.
+pub async fn eventually_all_acked(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) {
+    eventually(
+        &format!("{consumer} on {stream}: nothing pending"),
+        move || async move {
+            let i = consumer_info(js, stream, consumer).await;
+            i.num_pending == 0 && i.num_ack_pending == 0
+        },
+    )
+    .await;
+}
+
 pub async fn dead_letters(js: &async_nats::jetstream::Context) -> Vec<(u64, DeadLetter)> {
     let d = DeadLetters::new(js.clone());
     d.ensure().await.unwrap();

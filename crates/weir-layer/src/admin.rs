@@ -8,6 +8,7 @@
 //! | `GET` | `/admin/v1/keys/{id}` | one key |
 //! | `DELETE` | `/admin/v1/keys/{id}` | revoke a key |
 //! | `GET` | `/admin/v1/audit?tenant=&before=&limit=` | audit log, newest first |
+//! | `POST` | `/admin/v1/reload` | re-read the configuration and apply what can change (operators only) |
 //!
 //! Requests go through the production stack (request id, authentication,
 //! metrics, rate limits) and need the `admin` permission. A principal
@@ -57,6 +58,61 @@ pub struct AdminConfig {
 pub const MAX_AUDIT_PAGE: usize = 1000;
 const DEFAULT_AUDIT_PAGE: usize = 100;
 
+/// Audit actions of configuration reloads (next to
+/// [`actions`](crate::store::actions)).
+pub mod reload_actions {
+    /// A reload applied the configuration (possibly with nothing changed).
+    pub const CONFIG_RELOADED: &str = "config.reloaded";
+    /// A reload was refused: the old configuration keeps serving.
+    pub const CONFIG_RELOAD_FAILED: &str = "config.reload_failed";
+}
+
+/// Who asked for a configuration reload (for the audit log).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadActor {
+    /// The principal's subject, or e.g. `signal:SIGHUP`.
+    pub subject: String,
+    pub tenant: String,
+    pub request_id: String,
+    /// `admin_api` or `sighup`.
+    pub trigger: &'static str,
+}
+
+/// What a configuration reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// `applied` or `refused`.
+    pub result: String,
+    /// Sections whose reloadable keys changed and now apply (`rate_limit`,
+    /// `auth`, …); empty when the configuration did not change.
+    pub changed: Vec<String>,
+    /// Keys that changed but only take effect after a restart; they keep
+    /// their running values.
+    pub requires_restart: Vec<String>,
+    /// Why the configuration was refused (never a secret's value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ReloadReport {
+    pub fn applied(&self) -> bool {
+        self.result == "applied"
+    }
+
+    /// Counts the attempt in `weir_config_reloads_total{result}`.
+    pub fn record_metric(&self) {
+        let result = if self.applied() { "applied" } else { "refused" };
+        metrics::counter!(crate::metrics::names::CONFIG_RELOADS, "result" => result).increment(1);
+    }
+}
+
+/// Re-reads and applies the configuration (implemented by `weir serve`,
+/// which also audits every attempt).
+#[async_trait::async_trait]
+pub trait Reload: Send + Sync {
+    async fn reload(&self, by: ReloadActor) -> ReloadReport;
+}
+
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct Admin {
@@ -64,6 +120,7 @@ pub struct Admin {
     audit: Arc<dyn AuditLog>,
     operator_tenant: Option<String>,
     clock: SharedClock,
+    reloader: Option<Arc<dyn Reload>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -182,7 +239,58 @@ impl Admin {
             audit,
             operator_tenant: cfg.operator_tenant.clone(),
             clock,
+            reloader: None,
         }
+    }
+
+    /// Serves `POST /admin/v1/reload` through `r`.
+    pub fn with_reloader(mut self, r: Arc<dyn Reload>) -> Admin {
+        self.reloader = Some(r);
+        self
+    }
+
+    /// The same admin (audit log, clock, reloader) with a reloaded
+    /// authenticator and `[admin]` settings.
+    pub fn reconfigured(&self, auth: Arc<Authenticator>, cfg: &AdminConfig) -> Admin {
+        Admin {
+            auth,
+            operator_tenant: cfg.operator_tenant.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// `POST /admin/v1/reload`: process-wide, so operators only.
+    async fn reload(&self, p: &Principal, rid: Option<&RequestId>) -> Result<Response, Problem> {
+        let Scope::All = self.scope(p)? else {
+            return Err(Problem::forbidden(
+                "reloading the configuration needs an operator principal (admin.operator_tenant)",
+            ));
+        };
+        let Some(r) = &self.reloader else {
+            return Err(Problem::new(
+                ErrorCode::RouteNotFound,
+                "this process does not reload its configuration",
+            ));
+        };
+        let report = r
+            .reload(ReloadActor {
+                subject: p.subject.clone(),
+                tenant: p.tenant.clone(),
+                request_id: rid.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+                trigger: "admin_api",
+            })
+            .await;
+        if report.applied() {
+            return Ok(axum::Json(report).into_response());
+        }
+        let detail = report
+            .error
+            .clone()
+            .unwrap_or_else(|| "the configuration was refused".into());
+        Err(Problem::new(ErrorCode::ConfigInvalid, detail).extension(
+            "requires_restart",
+            serde_json::to_value(&report.requires_restart).unwrap_or_default(),
+        ))
     }
 
     fn scope(&self, p: &Principal) -> Result<Scope, Problem> {
@@ -442,6 +550,11 @@ async fn read_audit(
     answer(async { a.audit(&principal(p)?, query(q)?).await }.await)
 }
 
+async fn reload_config(State(a): State<Arc<Admin>>, p: Caller, rid: Rid) -> Response {
+    let rid = rid.map(|axum::Extension(r)| r);
+    answer(async { a.reload(&principal(p)?, rid.as_ref()).await }.await)
+}
+
 async fn no_route() -> Response {
     Problem::new(ErrorCode::RouteNotFound, "no such admin route").into_response()
 }
@@ -467,6 +580,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
             get(get_key).delete(revoke_key).fallback(wrong_method),
         )
         .route("/admin/v1/audit", get(read_audit).fallback(wrong_method))
+        .route(
+            "/admin/v1/reload",
+            axum::routing::post(reload_config).fallback(wrong_method),
+        )
         .fallback(no_route)
         .with_state(admin)
 }
@@ -487,9 +604,18 @@ pub async fn spawn(
     admin: Arc<Admin>,
     layer: &crate::Production,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    spawn_router(addr, app(admin, layer)).await
+}
+
+/// Binds `addr` and serves `app` (e.g. [`app`] behind a
+/// [`SwapRouter`](crate::swap::SwapRouter), so a reload can replace it)
+/// until the returned task is aborted.
+pub async fn spawn_router(
+    addr: SocketAddr,
+    app: Router,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = app(admin, layer);
     let task = tokio::spawn(async move {
         let svc = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, svc).await {

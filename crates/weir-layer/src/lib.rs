@@ -13,7 +13,8 @@
 //!   W3C `traceparent` in and out;
 //! * [`store`], [`migrate`] — the layer's own tables (API keys, audit log)
 //!   in memory, SQLite or PostgreSQL, and their versioned migrations;
-//! * `admin` (feature `http`) — the admin API and its listener.
+//! * `admin` (feature `http`) — the admin API and its listener;
+//! * `swap` (feature `http`) — a router replaced while serving (config reload).
 //!
 //! This crate knows nothing about streams or storage: the server maps its
 //! own errors to [`problem::ErrorCode`]s and records its own metrics under
@@ -38,6 +39,8 @@ pub mod secret;
 #[cfg(feature = "http")]
 pub mod stack;
 pub mod store;
+#[cfg(feature = "http")]
+pub mod swap;
 pub mod telemetry;
 
 use std::sync::Arc;

@@ -53,6 +53,9 @@ pub mod names {
     pub const ALL: &[(&str, &str, &str)] = &[
         (
             HTTP_REQUESTS,
+    /// Counter `{result}` (`applied`, `refused`): configuration reloads
+    /// (SIGHUP or `POST /admin/v1/reload`).
+    pub const CONFIG_RELOADS: &str = "weir_config_reloads_total";
             "counter",
             "HTTP requests answered, by route template, method and status.",
         ),
@@ -121,6 +124,11 @@ pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
 /// Installing the recorder failed (another recorder is already global).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot install the Prometheus recorder: {0}")]
+        (
+            CONFIG_RELOADS,
+            "counter",
+            "Configuration reloads (SIGHUP or the admin API), by result.",
+        ),
 pub struct MetricsError(String);
 
 static HANDLE: OnceLock<Result<PrometheusHandle, MetricsError>> = OnceLock::new();

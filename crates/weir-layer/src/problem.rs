@@ -132,6 +132,9 @@ error_codes! {
     ApiKeysDisabled = ("api_keys_disabled", 409),
     /// The layer's store (API keys, audit log) failed; `Retry-After` is set.
     AdminStoreUnavailable = ("admin_store_unavailable", 503),
+    /// A configuration reload was refused: the new configuration is invalid
+    /// and the running one keeps serving.
+    ConfigInvalid = ("config_invalid", 422),
     /// A bug or an unexpected failure; the correlation id finds the log lines.
     InternalError = ("internal_error", 500),
 }

@@ -97,6 +97,39 @@ impl AppState {
             }),
         }
     }
+    /// The same server — storage, subscription engine, shutdown signal,
+    /// and the load-shedding budgets unless `[limits]` changed them — with
+    /// new settings and production layer: what a configuration reload
+    /// serves next. Requests admitted under the old budgets release their
+    /// permits there; new budgets apply to requests admitted afterwards.
+    pub fn reconfigured(
+        &self,
+        config: ServerConfig,
+        layer: Option<weir_layer::Production>,
+    ) -> AppState {
+        let i = &self.inner;
+        let (a, b) = (&i.config.limits, &config.limits);
+        let same_budgets = a.max_in_flight_requests == b.max_in_flight_requests
+            && a.max_in_flight_body_bytes == b.max_in_flight_body_bytes
+            && a.max_live_readers == b.max_live_readers
+            && a.retry_after_secs == b.retry_after_secs;
+        let shedder = if same_budgets {
+            i.shedder.clone()
+        } else {
+            Arc::new(limits::Shedder::new(&config.limits))
+        };
+        AppState {
+            inner: Arc::new(StateInner {
+                storage: i.storage.clone(),
+                config: Arc::new(config),
+                subscriptions: i.subscriptions.clone(),
+                layer: layer.map(Arc::new),
+                shedder,
+                closing: i.closing.clone(),
+            }),
+        }
+    }
+
 
     /// Whether streams are scoped per tenant: when the production layer
     /// authenticates callers, every stream lives under its principal's

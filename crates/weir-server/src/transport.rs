@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -91,12 +90,26 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TransportError> {
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight requests finish (up to the grace period) and
 /// returns.
-pub async fn serve(
+///
+/// `app` is an [`axum::Router`] or anything that serves like one, e.g. a
+/// `weir_layer::swap::SwapRouter` that a configuration reload replaces
+/// (each request runs on the router current when it arrived).
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     cfg: TransportConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), TransportError> {
+) -> Result<(), TransportError>
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let acceptor = cfg.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

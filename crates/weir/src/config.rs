@@ -49,7 +49,7 @@ pub enum LogFormat {
 }
 
 /// The whole configuration.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub profile: Profile,
@@ -68,7 +68,7 @@ pub struct Config {
 }
 
 /// `[server]`: the HTTP listener and protocol settings.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSection {
     pub host: String,
@@ -87,7 +87,7 @@ pub struct ServerSection {
 }
 
 /// `[storage]`: where streams are kept.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSection {
     pub backend: StorageKind,
@@ -99,7 +99,7 @@ pub struct StorageSection {
 }
 
 /// `[limits]`: load shedding and resource limits (docs/configuration.md).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsSection {
     pub max_in_flight_requests: usize,
@@ -138,7 +138,7 @@ impl LimitsSection {
 }
 
 /// `[log]`: stderr logging.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
     pub level: String,
@@ -341,6 +341,66 @@ impl Config {
             authz: self.authz.clone(),
             rate_limit: self.rate_limit.clone(),
         }
+    }
+
+    /// Keys a running server cannot change (listeners, TLS, storage,
+    /// tenancy, the key store, trace export, the log format): each one
+    /// that differs in `next` is reset there to its running value and
+    /// named in the answer, so a reload leaves it as it is until a restart
+    /// (docs/configuration.md, "Reloading").
+    pub fn pin_restart_only(&self, next: &mut Config) -> Vec<&'static str> {
+        let mut pinned = Vec::new();
+        macro_rules! pin {
+            ($($name:literal => $($field:ident).+;)+) => {$(
+                if self.$($field).+ != next.$($field).+ {
+                    pinned.push($name);
+                    next.$($field).+ = self.$($field).+.clone();
+                }
+            )+};
+        }
+        pin! {
+            "profile" => profile;
+            "server.host" => server.host;
+            "server.port" => server.port;
+            "server.public_url" => server.public_url;
+            "server.header_read_timeout_secs" => server.header_read_timeout_secs;
+            "server.tls_cert" => server.tls_cert;
+            "server.tls_key" => server.tls_key;
+            "server.production_layer" => server.production_layer;
+            "storage.backend" => storage.backend;
+            "storage.data_dir" => storage.data_dir;
+            "storage.sync" => storage.sync;
+            "storage.segment_mib" => storage.segment_mib;
+            "storage.min_free_mib" => storage.min_free_mib;
+            "storage.memory_max_bytes" => storage.memory_max_bytes;
+            "log.format" => log.format;
+            "telemetry" => telemetry;
+            "admin.listen" => admin.listen;
+            "auth.mode" => auth.mode;
+            "auth.default_tenant" => auth.default_tenant;
+            "auth.api_keys.enabled" => auth.api_keys.enabled;
+            "auth.api_keys.store" => auth.api_keys.store;
+            "auth.api_keys.sqlite_path" => auth.api_keys.sqlite_path;
+            "auth.api_keys.database_url" => auth.api_keys.database_url;
+            "auth.api_keys.database_url_file" => auth.api_keys.database_url_file;
+            "authz.tenant_source" => authz.tenant_source;
+        }
+        pinned
+    }
+
+    /// The sections whose settings differ between `self` and `next` (after
+    /// [`pin_restart_only`](Self::pin_restart_only): reloadable ones).
+    pub fn changed_sections(&self, next: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! section {
+            ($($field:ident),+) => {$(
+                if self.$field != next.$field {
+                    changed.push(stringify!($field));
+                }
+            )+};
+        }
+        section!(server, limits, log, auth, authz, rate_limit, admin);
+        changed
     }
 
     /// The configuration as TOML, with secrets redacted.

@@ -5,6 +5,7 @@ mod bridge_cmd;
 mod config;
 mod events_cmd;
 mod gateway_cmd;
+mod reload;
 mod saga_cmd;
 mod serve;
 mod service_cmd;

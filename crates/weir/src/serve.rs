@@ -24,13 +24,18 @@ use crate::config::{Config, LogFormat, Overrides, Profile, StorageKind, SyncKind
 fn init_logging(
     cfg: &Config,
     rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<Option<weir_layer::telemetry::Telemetry>> {
+) -> anyhow::Result<(
+    Option<weir_layer::telemetry::Telemetry>,
+    crate::reload::LogFilter,
+)> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .context("invalid log level filter")?;
+    // Behind a reload handle so a configuration reload can change it.
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match cfg.log.format {
         LogFormat::Text => fmt.with_filter(filter).boxed(),
@@ -50,7 +55,11 @@ fn init_logging(
         .with(otel)
         .try_init()
         .context("installing the log subscriber")?;
-    Ok(telemetry)
+    let set_filter: crate::reload::LogFilter = std::sync::Arc::new(move |level: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(level).context("invalid log.level")?;
+        handle.reload(f).context("replacing the log filter")
+    });
+    Ok((telemetry, set_filter))
 }
 
 /// The HTTP layer's settings for a configuration.
@@ -73,14 +82,24 @@ pub fn server_config(c: &Config) -> ServerConfig {
     cfg
 }
 
+/// [`server_config`] plus what the production layer implies: with
+/// authentication on, responses depend on the caller's credentials.
+pub fn http_config(c: &Config) -> ServerConfig {
+    let mut cfg = server_config(c);
+    if !matches!(c.auth.mode, weir_layer::auth::AuthMode::None) {
+        cfg.cache_visibility = weir_server::config::CacheVisibility::Private;
+    }
+    cfg
+}
+
 pub fn run(o: Overrides) -> anyhow::Result<()> {
     let cfg = Config::load(&o)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let telemetry = init_logging(&cfg, &rt)?;
-    let result = rt.block_on(serve(cfg));
+    let (telemetry, log_filter) = init_logging(&cfg, &rt)?;
+    let result = rt.block_on(serve(cfg, o, log_filter));
     if let Some(t) = telemetry {
         // The runtime still runs: the last batch of spans goes out.
         t.shutdown();
@@ -88,7 +107,11 @@ pub fn run(o: Overrides) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Config,
+    overrides: Overrides,
+    log_filter: crate::reload::LogFilter,
+) -> anyhow::Result<()> {
     // Before storage opens: metric handles bind to the recorder present
     // when first used (the log's committer registers its sync histograms).
     weir_layer::metrics::install().context("installing the metrics recorder")?;
@@ -142,21 +165,41 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None
     };
     let key_store = stores.as_ref().map(|s| s.keys.clone());
-    let layer = weir_layer::Production::build(&layer_cfg, key_store, weir_layer::clock::system())
-        .context("building the production layer")?;
-    let mut server_cfg = server_config(&cfg);
-    if !matches!(layer_cfg.auth.mode, weir_layer::auth::AuthMode::None) {
-        // Responses depend on the caller's credentials.
-        server_cfg.cache_visibility = weir_server::config::CacheVisibility::Private;
-    }
-    let state = AppState::new(storage.clone(), server_cfg);
+    let layer =
+        weir_layer::Production::build(&layer_cfg, key_store.clone(), weir_layer::clock::system())
+            .context("building the production layer")?;
+    let state = AppState::new(storage.clone(), http_config(&cfg));
     let state = if cfg.server.production_layer {
         state.with_layer(layer.clone())
     } else {
         tracing::warn!("the production layer is off: no authentication, rate limits or metrics");
         state
     };
-    let app = weir_server::router(state.clone());
+    let admin = match (cfg.admin.listen, &stores) {
+        (Some(_), Some(stores)) => Some(weir_layer::admin::Admin::new(
+            layer.authenticator.clone(),
+            stores.audit.clone(),
+            &cfg.admin,
+            weir_layer::clock::system(),
+        )),
+        _ => None,
+    };
+    // The listeners serve swappable routers: SIGHUP or
+    // `POST /admin/v1/reload` re-reads the configuration and swaps them.
+    let reloader = crate::reload::Reloader::start(crate::reload::Parts {
+        overrides,
+        cfg: cfg.clone(),
+        state: state.clone(),
+        layer: layer.clone(),
+        clock: weir_layer::clock::system(),
+        key_store,
+        audit: stores.as_ref().map(|s| s.audit.clone()),
+        admin,
+        log_filter: Some(log_filter),
+    });
+    #[cfg(unix)]
+    crate::reload::on_sighup(&reloader)?;
+    let app = reloader.main();
 
     let addr: SocketAddr = format!("{}:{}", cfg.server.host, cfg.server.port)
         .parse()
@@ -177,15 +220,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     // The one line on stdout: scripts and tests parse it to find the port.
     println!("listening on {scheme}://{local}");
-    let admin_task = match (cfg.admin.listen, &stores) {
-        (Some(addr), Some(stores)) => {
-            let admin = Arc::new(weir_layer::admin::Admin::new(
-                layer.authenticator.clone(),
-                stores.audit.clone(),
-                &cfg.admin,
-                weir_layer::clock::system(),
-            ));
-            let (local, task) = weir_layer::admin::spawn(addr, admin, &layer)
+    let admin_task = match (cfg.admin.listen, reloader.admin_router()) {
+        (Some(addr), Some(admin_app)) => {
+            let (local, task) = weir_layer::admin::spawn_router(addr, admin_app)
                 .await
                 .with_context(|| format!("binding the admin listener {addr}"))?;
             // A second line, only with `admin.listen`; a reader that has

@@ -253,9 +253,10 @@ pub fn check_route(r: &RouteConfig) -> Result<(), GatewayError> {
     }
 }
 
-/// `GET /readyz`: the layer's dependencies (rate-limit backend, JWKS).
+/// `GET /readyz`: the layer's dependencies (rate-limit backend, JWKS, the
+/// PostgreSQL key store).
 pub(crate) async fn ready(State(st): State<St>) -> Response {
-    let h = st.layer.health();
+    let h = st.layer.check_health().await;
     let status = if h.ready {
         StatusCode::OK
     } else {

@@ -79,6 +79,8 @@ pub struct Production {
     pub limiter: Arc<ratelimit::RateLimiter>,
     pub tenants: authz::TenantResolver,
     pub permissions: Arc<authz::PermissionTable>,
+    /// The readiness check of the key store's database (PostgreSQL).
+    pub database: Option<Arc<store::DependencyCheck>>,
 }
 
 impl Production {
@@ -91,6 +93,7 @@ impl Production {
         store: Option<Arc<dyn auth::apikey::ApiKeyStore>>,
         clock: clock::SharedClock,
     ) -> Result<Production, LayerConfigError> {
+        let database = store.as_ref().and_then(store::DependencyCheck::of);
         let permissions = Arc::new(cfg.authz.table());
         let authenticator = Arc::new(auth::Authenticator::new(
             cfg.auth.clone(),
@@ -104,10 +107,21 @@ impl Production {
             limiter,
             tenants: cfg.authz.resolver(),
             permissions,
+            database,
         })
     }
 
-    /// What `/readyz` should say about the layer's dependencies.
+    /// What `/readyz` should say about the layer's dependencies, checking
+    /// the store's database first (a cached answer if under a second old).
+    pub async fn check_health(&self) -> LayerHealth {
+        if let Some(d) = &self.database {
+            d.check().await;
+        }
+        self.health()
+    }
+
+    /// What `/readyz` should say about the layer's dependencies, with the
+    /// database as last checked by [`check_health`](Self::check_health).
     pub fn health(&self) -> LayerHealth {
         let rate_limit = self.limiter.health();
         let jwks = self.authenticator.jwt().and_then(|j| j.health());
@@ -120,11 +134,16 @@ impl Production {
         let no_keys = jwks
             .as_ref()
             .is_some_and(|j| j.keys == 0 && j.last_error.is_some());
+        // Keys, usage and audit live in the database: without it API-key
+        // requests fail.
+        let database = self.database.as_ref().and_then(|d| d.last());
+        let db_down = database.as_ref().is_some_and(|d| !d.up);
         LayerHealth {
-            ready: !limiter_blocks && !no_keys,
+            ready: !limiter_blocks && !no_keys && !db_down,
             degraded: !rate_limit.healthy || jwks.as_ref().is_some_and(|j| j.last_error.is_some()),
             rate_limit,
             jwks,
+            database,
         }
     }
 
@@ -151,6 +170,9 @@ pub struct LayerHealth {
     pub degraded: bool,
     pub rate_limit: ratelimit::LimiterHealth,
     pub jwks: Option<auth::jwt::JwksHealth>,
+    /// The key store's database (PostgreSQL), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<store::DependencyHealth>,
 }
 
 #[cfg(test)]

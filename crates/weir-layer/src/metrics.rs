@@ -35,12 +35,17 @@ pub mod names {
     pub const STORAGE_SYNC_DURATION: &str = "weir_storage_sync_duration_seconds";
     /// Histogram: records made durable by one sync.
     pub const STORAGE_SYNC_BATCH: &str = "weir_storage_sync_batch_size";
+    /// Counter: bytes of log segments removed by compaction.
+    pub const STORAGE_RECLAIMED_BYTES: &str = "weir_storage_reclaimed_bytes_total";
     /// Counter `{policy}`: requests refused by a rate limit.
     pub const RATELIMIT_REJECTIONS: &str = "weir_ratelimit_rejections_total";
     /// Counter `{mode}`: checks answered by the fallback while Redis was down.
     pub const RATELIMIT_FALLBACKS: &str = "weir_ratelimit_fallbacks_total";
     /// Gauge `{backend}`: 1 while the rate-limit backend answers.
     pub const RATELIMIT_BACKEND_UP: &str = "weir_ratelimit_backend_up";
+    /// Gauge `{dependency}` (`postgres`): 1 while the dependency answers
+    /// the readiness check, 0 while it does not.
+    pub const DEPENDENCY_UP: &str = "weir_dependency_up";
     /// Counter `{method, reason}`: refused credentials.
     pub const AUTH_FAILURES: &str = "weir_auth_failures_total";
     /// Counter `{result}` (`ok`, `error`): JWKS fetches.
@@ -84,6 +89,11 @@ pub mod names {
             "Records made durable per storage sync.",
         ),
         (
+            STORAGE_RECLAIMED_BYTES,
+            "counter",
+            "Bytes of log segment files removed by compaction.",
+        ),
+        (
             RATELIMIT_REJECTIONS,
             "counter",
             "Requests refused by a rate limit, by policy.",
@@ -97,6 +107,11 @@ pub mod names {
             RATELIMIT_BACKEND_UP,
             "gauge",
             "1 while the rate-limit backend answers, 0 while it is unreachable.",
+        ),
+        (
+            DEPENDENCY_UP,
+            "gauge",
+            "1 while a dependency (the PostgreSQL store) answers the readiness check, 0 while it does not.",
         ),
         (
             AUTH_FAILURES,

@@ -15,10 +15,7 @@ use weir_layer::migrate::{MIGRATIONS, MigrateError, latest};
 use weir_layer::principal::AuthError;
 use weir_layer::store::postgres::PgStore;
 use weir_layer::store::postgres::testing::TestDatabase;
-use weir_layer::store::{
-    AuditEntry, AuditLog, AuditQuery, USAGE_WINDOW_SECS, UsageCounters, UsageDelta, UsageLog,
-    UsageQuery, actions,
-};
+use weir_layer::store::testing;
 
 /// This test's own database; PostgreSQL being unreachable fails the test.
 struct TestDb {
@@ -293,48 +290,13 @@ async fn revocation_reaches_the_other_node_within_the_cache_ttl() {
     assert_eq!(c.verify_key(token).await, Err(AuthError::Revoked));
 }
 
+/// The same checks as the memory and SQLite stores (`weir_layer::store::testing`).
 #[tokio::test]
 async fn audit_log_round_trip() {
     let db = TestDb::create("audit").await;
     let s = db.store();
     s.migrate_up(None).await.unwrap();
-    for i in 0..5u64 {
-        let mut e = AuditEntry::new(
-            1_700_000_000_000 + i,
-            "root",
-            actions::API_KEY_CREATED,
-            format!("k{i}"),
-        );
-        e.tenant = if i % 2 == 0 { "a" } else { "b" }.into();
-        e.request_id = format!("req-{i}");
-        e.detail = serde_json::json!({"n": i});
-        AuditLog::record(&s, &e).await.unwrap();
-    }
-    let page = s
-        .entries(&AuditQuery {
-            limit: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        page.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
-        ["k4", "k3"]
-    );
-    assert_eq!(page[0].detail, serde_json::json!({"n": 4}));
-    assert_eq!(page[0].request_id, "req-4");
-    let rest = s
-        .entries(&AuditQuery {
-            limit: 10,
-            before: Some(page[1].id.clone()),
-            tenant: Some("a".into()),
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        rest.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
-        ["k2", "k0"]
-    );
+    testing::check_audit_log(&s).await;
 }
 
 #[tokio::test]
@@ -342,138 +304,7 @@ async fn usage_adds_per_window_and_tenant() {
     let db = TestDb::create("usage").await;
     let s = db.store();
     s.migrate_up(None).await.unwrap();
-    let t0 = 1_700_000_000 - 1_700_000_000 % USAGE_WINDOW_SECS;
-    let delta =
-        |tenant: &str, subject: &str, key: &str, at: u64, requests: u64, tokens: u64| UsageDelta {
-            tenant: tenant.into(),
-            subject: subject.into(),
-            key_id: key.into(),
-            at,
-            counters: UsageCounters {
-                requests,
-                bytes_in: 10 * requests,
-                bytes_out: 100 * tokens,
-                tokens_in: 0,
-                tokens_out: tokens,
-            },
-        };
-    // A request, its streamed chunks (concurrently: the upsert adds
-    // atomically), and one more request at the window's last second.
-    UsageLog::record(&s, &delta("a", "alice", "k1", t0 + 5, 1, 0))
-        .await
-        .unwrap();
-    let chunks: Vec<_> = (0..20)
-        .map(|i| {
-            let s = s.clone();
-            let d = delta("a", "alice", "k1", t0 + i, 0, 3);
-            tokio::spawn(async move { UsageLog::record(&s, &d).await })
-        })
-        .collect();
-    for c in chunks {
-        c.await.unwrap().unwrap();
-    }
-    UsageLog::record(
-        &s,
-        &delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS - 1, 2, 0),
-    )
-    .await
-    .unwrap();
-    // The next window, another subject, another key, another tenant, nothing.
-    UsageLog::record(&s, &delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS, 1, 1))
-        .await
-        .unwrap();
-    UsageLog::record(&s, &delta("a", "bob", "", t0 + 1, 4, 0))
-        .await
-        .unwrap();
-    UsageLog::record(&s, &delta("a", "alice", "k2", t0 + 2, 1, 0))
-        .await
-        .unwrap();
-    UsageLog::record(&s, &delta("b", "alice", "k1", t0 + 3, 9, 9))
-        .await
-        .unwrap();
-    UsageLog::record(&s, &delta("a", "alice", "k1", t0 + 4, 0, 0))
-        .await
-        .unwrap();
-
-    let all = s
-        .usage(&UsageQuery {
-            tenant: "a".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let view: Vec<_> = all
-        .iter()
-        .map(|r| {
-            (
-                r.window_start - t0,
-                r.subject.as_str(),
-                r.key_id.as_str(),
-                r.counters.requests,
-                r.counters.tokens_out,
-            )
-        })
-        .collect();
-    assert_eq!(
-        view,
-        [
-            (0, "alice", "k1", 3, 60),
-            (0, "alice", "k2", 1, 0),
-            (0, "bob", "", 4, 0),
-            (USAGE_WINDOW_SECS, "alice", "k1", 1, 1),
-        ]
-    );
-    assert!(all.iter().all(|r| r.tenant == "a"));
-    assert_eq!(
-        (all[0].counters.bytes_in, all[0].counters.bytes_out),
-        (30, 6000)
-    );
-
-    let alice_first = s
-        .usage(&UsageQuery {
-            tenant: "a".into(),
-            subject: Some("alice".into()),
-            from: Some(t0),
-            to: Some(t0 + USAGE_WINDOW_SECS),
-        })
-        .await
-        .unwrap();
-    assert_eq!(alice_first.len(), 2);
-    assert!(
-        alice_first
-            .iter()
-            .all(|r| r.subject == "alice" && r.window_start == t0)
-    );
-    let later = s
-        .usage(&UsageQuery {
-            tenant: "a".into(),
-            from: Some(t0 + 1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(later.len(), 1);
-    assert_eq!(later[0].window_start, t0 + USAGE_WINDOW_SECS);
-
-    // Tenant isolation.
-    let b = s
-        .usage(&UsageQuery {
-            tenant: "b".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(b.len(), 1);
-    assert_eq!((b[0].tenant.as_str(), b[0].counters.requests), ("b", 9));
-    assert!(
-        s.usage(&UsageQuery {
-            tenant: "c".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .is_empty()
-    );
+    testing::check_usage_log(&s).await;
 }
 
 #[tokio::test]

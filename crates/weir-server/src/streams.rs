@@ -167,7 +167,8 @@ fn fallback_response() -> Response {
 }
 
 /// `/readyz`: storage can take writes and the production layer's
-/// dependencies (JWKS, a fail-closed Redis limiter) are usable.
+/// dependencies (JWKS, a fail-closed Redis limiter, the PostgreSQL key
+/// store) are usable.
 pub async fn ready(State(st): State<AppState>) -> Response {
     if let Err(e) = st.storage.ready().await {
         let mut e = ApiError::from(e);
@@ -175,7 +176,7 @@ pub async fn ready(State(st): State<AppState>) -> Response {
         return e.into_response();
     }
     if let Some(layer) = &st.layer {
-        let h = layer.health();
+        let h = layer.check_health().await;
         if !h.ready {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -171,6 +171,16 @@ pub trait ApiKeyStore: Send + Sync {
     /// Stamps `revoked_at`; `false` if there is no such key.
     async fn revoke(&self, id: &str, at: u64) -> Result<bool, StoreError>;
     async fn touch(&self, id: &str, at: u64) -> Result<(), StoreError>;
+    /// The external service this store lives in, checked by `/readyz`
+    /// (`None`: nothing to check, as for memory and SQLite).
+    fn dependency(&self) -> Option<&'static str> {
+        None
+    }
+    /// A cheap check that [`dependency`](Self::dependency) answers, with a
+    /// short timeout of its own.
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// An in-memory store (tests, single-node development).

@@ -9,12 +9,15 @@
 //! / `database_url_file` ([`ApiKeyConfig::store_spec`]).
 
 #[cfg(feature = "postgres")]
+pub mod pg_tls;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -142,6 +145,93 @@ pub async fn open(cfg: &ApiKeyConfig) -> Result<LayerStores, StoreError> {
         other => Err(StoreError::Backend(format!(
             "this build has no support for the {other:?} store (crate features)"
         ))),
+    }
+}
+
+// ------------------------------------------------------------------ readiness
+
+/// How long a dependency check's answer is reused: a storm of `/readyz`
+/// probes costs the database at most one `SELECT 1` per second per node.
+pub const DEPENDENCY_CHECK_TTL: Duration = Duration::from_secs(1);
+
+/// One dependency's part of `/readyz` (e.g. the PostgreSQL store).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DependencyHealth {
+    /// Its name, also the `dependency` label of `weir_dependency_up`.
+    pub dependency: &'static str,
+    /// Whether the last check succeeded.
+    pub up: bool,
+    /// Why the last check failed.
+    pub error: Option<String>,
+}
+
+/// The readiness check of a store's dependency ([`ApiKeyStore::probe`]),
+/// cached for [`DEPENDENCY_CHECK_TTL`]; concurrent checks of a stale
+/// answer share one probe.
+pub struct DependencyCheck {
+    store: Arc<dyn ApiKeyStore>,
+    name: &'static str,
+    last: parking_lot::Mutex<Option<(Instant, DependencyHealth)>>,
+    probing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for DependencyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DependencyCheck")
+            .field("dependency", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DependencyCheck {
+    /// The check of `store`'s dependency, if it has one.
+    pub fn of(store: &Arc<dyn ApiKeyStore>) -> Option<Arc<DependencyCheck>> {
+        let name = store.dependency()?;
+        Some(Arc::new(DependencyCheck {
+            store: store.clone(),
+            name,
+            last: parking_lot::Mutex::new(None),
+            probing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The last answer, without checking (`None`: never checked).
+    pub fn last(&self) -> Option<DependencyHealth> {
+        self.last.lock().as_ref().map(|(_, h)| h.clone())
+    }
+
+    fn fresh(&self) -> Option<DependencyHealth> {
+        self.last
+            .lock()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < DEPENDENCY_CHECK_TTL)
+            .map(|(_, h)| h.clone())
+    }
+
+    /// The dependency's health: the cached answer if it is recent, else
+    /// one probe (shared with concurrent callers).
+    pub async fn check(&self) -> DependencyHealth {
+        if let Some(h) = self.fresh() {
+            return h;
+        }
+        let _probing = self.probing.lock().await;
+        // Another caller may have probed while this one waited.
+        if let Some(h) = self.fresh() {
+            return h;
+        }
+        let result = self.store.probe().await;
+        let health = DependencyHealth {
+            dependency: self.name,
+            up: result.is_ok(),
+            error: result.err().map(|e| e.to_string()),
+        };
+        if let Some(why) = &health.error {
+            tracing::warn!(dependency = self.name, error = %why, "dependency check failed");
+        }
+        metrics::gauge!(crate::metrics::names::DEPENDENCY_UP, "dependency" => self.name)
+            .set(if health.up { 1.0 } else { 0.0 });
+        *self.last.lock() = Some((Instant::now(), health.clone()));
+        health
     }
 }
 
@@ -374,130 +464,212 @@ impl UsageLog for MemoryUsageLog {
     }
 }
 
-/// Checks any [`UsageLog`] on an empty store (memory and SQLite here; the
-/// PostgreSQL test in `tests/postgres.rs` does the same).
-#[cfg(test)]
-pub(crate) async fn check_usage_log(log: &dyn UsageLog) {
-    let t0 = 1_700_000_000 - 1_700_000_000 % USAGE_WINDOW_SECS;
-    let delta =
-        |tenant: &str, subject: &str, key: &str, at: u64, requests: u64, tokens: u64| UsageDelta {
-            tenant: tenant.into(),
-            subject: subject.into(),
-            key_id: key.into(),
-            at,
-            counters: UsageCounters {
-                requests,
-                bytes_in: 10 * requests,
-                bytes_out: 100 * tokens,
-                tokens_in: 0,
-                tokens_out: tokens,
-            },
-        };
-    // One request, then its streamed chunks, in the same window.
-    log.record(&delta("a", "alice", "k1", t0 + 5, 1, 0))
-        .await
-        .unwrap();
-    for i in 0..3 {
-        log.record(&delta("a", "alice", "k1", t0 + 60 * i, 0, 7))
+/// The columns both SQL stores select for a [`UsageRow`], in the order
+/// [`usage_row`] reads them.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const USAGE_COLUMNS: &str = "tenant, subject, key_id, window_start,
+    requests, bytes_in, bytes_out, tokens_in, tokens_out";
+
+/// Maps one row selected with [`USAGE_COLUMNS`], read through the driver's
+/// typed getters (SQLite's and PostgreSQL's rows both fit).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn usage_row<E>(
+    text: impl Fn(usize) -> Result<String, E>,
+    int: impl Fn(usize) -> Result<i64, E>,
+) -> Result<UsageRow, E> {
+    let n = |i: usize| int(i).map(u64_of);
+    Ok(UsageRow {
+        tenant: text(0)?,
+        subject: text(1)?,
+        key_id: text(2)?,
+        window_start: n(3)?,
+        counters: UsageCounters {
+            requests: n(4)?,
+            bytes_in: n(5)?,
+            bytes_out: n(6)?,
+            tokens_in: n(7)?,
+            tokens_out: n(8)?,
+        },
+    })
+}
+
+/// A counter or timestamp as SQL's signed 64-bit integer (saturating).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored integer back as a counter (negative: 0).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Checks every store implementation passes, shared by this crate's unit
+/// tests (memory, SQLite) and the PostgreSQL integration test
+/// (`tests/postgres.rs`). Not part of the API.
+#[doc(hidden)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub mod testing {
+    use super::*;
+
+    /// Checks any [`UsageLog`] on an empty store: windows, subjects, keys
+    /// and tenants kept apart; streamed chunks recorded concurrently add up
+    /// (the upsert is atomic); queries filter and order.
+    pub async fn check_usage_log(log: &dyn UsageLog) {
+        let t0 = 1_700_000_000 - 1_700_000_000 % USAGE_WINDOW_SECS;
+        let delta =
+            |tenant: &str, subject: &str, key: &str, at: u64, requests: u64, tokens: u64| {
+                UsageDelta {
+                    tenant: tenant.into(),
+                    subject: subject.into(),
+                    key_id: key.into(),
+                    at,
+                    counters: UsageCounters {
+                        requests,
+                        bytes_in: 10 * requests,
+                        bytes_out: 100 * tokens,
+                        tokens_in: 0,
+                        tokens_out: tokens,
+                    },
+                }
+            };
+        // One request, then its streamed chunks (concurrently), and one
+        // more request at the window's last second.
+        log.record(&delta("a", "alice", "k1", t0 + 5, 1, 0))
             .await
             .unwrap();
-    }
-    log.record(&delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS - 1, 2, 0))
-        .await
-        .unwrap();
-    // The next window, another subject, another key, another tenant.
-    log.record(&delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS, 1, 1))
-        .await
-        .unwrap();
-    log.record(&delta("a", "bob", "", t0 + 1, 4, 0))
-        .await
-        .unwrap();
-    log.record(&delta("a", "alice", "k2", t0 + 2, 1, 0))
-        .await
-        .unwrap();
-    log.record(&delta("b", "alice", "k1", t0 + 3, 9, 9))
-        .await
-        .unwrap();
-    log.record(&delta("a", "alice", "k1", t0 + 4, 0, 0))
-        .await
-        .unwrap();
+        let chunks: Vec<_> = (0..20)
+            .map(|i| delta("a", "alice", "k1", t0 + i, 0, 3))
+            .collect();
+        for r in futures::future::join_all(chunks.iter().map(|d| log.record(d))).await {
+            r.unwrap();
+        }
+        log.record(&delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS - 1, 2, 0))
+            .await
+            .unwrap();
+        // The next window, another subject, another key, another tenant, nothing.
+        log.record(&delta("a", "alice", "k1", t0 + USAGE_WINDOW_SECS, 1, 1))
+            .await
+            .unwrap();
+        log.record(&delta("a", "bob", "", t0 + 1, 4, 0))
+            .await
+            .unwrap();
+        log.record(&delta("a", "alice", "k2", t0 + 2, 1, 0))
+            .await
+            .unwrap();
+        log.record(&delta("b", "alice", "k1", t0 + 3, 9, 9))
+            .await
+            .unwrap();
+        log.record(&delta("a", "alice", "k1", t0 + 4, 0, 0))
+            .await
+            .unwrap();
 
-    let all = log
-        .usage(&UsageQuery {
-            tenant: "a".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let view: Vec<_> = all
-        .iter()
-        .map(|r| {
-            (
-                r.window_start - t0,
-                r.subject.as_str(),
-                r.key_id.as_str(),
-                r.counters.requests,
-                r.counters.tokens_out,
-            )
-        })
-        .collect();
-    assert_eq!(
-        view,
-        [
-            (0, "alice", "k1", 3, 21),
-            (0, "alice", "k2", 1, 0),
-            (0, "bob", "", 4, 0),
-            (USAGE_WINDOW_SECS, "alice", "k1", 1, 1),
-        ]
-    );
-    assert!(all.iter().all(|r| r.tenant == "a"));
-    assert_eq!(all[0].counters.bytes_in, 30);
-    assert_eq!(all[0].counters.bytes_out, 2100);
-
-    let alice_first = log
-        .usage(&UsageQuery {
-            tenant: "a".into(),
-            subject: Some("alice".into()),
-            from: Some(t0),
-            to: Some(t0 + USAGE_WINDOW_SECS),
-        })
-        .await
-        .unwrap();
-    assert_eq!(alice_first.len(), 2);
-    assert!(
-        alice_first
+        let query =
+            |tenant: &str, subject: Option<&str>, from: Option<u64>, to: Option<u64>| UsageQuery {
+                tenant: tenant.into(),
+                subject: subject.map(Into::into),
+                from,
+                to,
+            };
+        let all = log.usage(&query("a", None, None, None)).await.unwrap();
+        let view: Vec<_> = all
             .iter()
-            .all(|r| r.subject == "alice" && r.window_start == t0)
-    );
-    let later = log
-        .usage(&UsageQuery {
-            tenant: "a".into(),
-            from: Some(t0 + 1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(later.len(), 1);
-    assert_eq!(later[0].window_start, t0 + USAGE_WINDOW_SECS);
+            .map(|r| {
+                (
+                    r.window_start - t0,
+                    r.subject.as_str(),
+                    r.key_id.as_str(),
+                    r.counters.requests,
+                    r.counters.tokens_out,
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            [
+                (0, "alice", "k1", 3, 60),
+                (0, "alice", "k2", 1, 0),
+                (0, "bob", "", 4, 0),
+                (USAGE_WINDOW_SECS, "alice", "k1", 1, 1),
+            ]
+        );
+        assert!(all.iter().all(|r| r.tenant == "a"));
+        assert_eq!(
+            (all[0].counters.bytes_in, all[0].counters.bytes_out),
+            (30, 6000)
+        );
 
-    let b = log
-        .usage(&UsageQuery {
-            tenant: "b".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(b.len(), 1);
-    assert_eq!(b[0].counters.requests, 9);
-    assert!(
-        log.usage(&UsageQuery {
-            tenant: "c".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .is_empty()
-    );
+        let alice_first = log
+            .usage(&query(
+                "a",
+                Some("alice"),
+                Some(t0),
+                Some(t0 + USAGE_WINDOW_SECS),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(alice_first.len(), 2);
+        assert!(
+            alice_first
+                .iter()
+                .all(|r| r.subject == "alice" && r.window_start == t0)
+        );
+        let later = log
+            .usage(&query("a", None, Some(t0 + 1), None))
+            .await
+            .unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].window_start, t0 + USAGE_WINDOW_SECS);
+
+        // Tenant isolation.
+        let b = log.usage(&query("b", None, None, None)).await.unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].tenant.as_str(), b[0].counters.requests), ("b", 9));
+        assert!(
+            log.usage(&query("c", None, None, None))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// Checks any [`AuditLog`] on an empty store: newest first, pages by
+    /// `before`, filters by tenant, keeps the detail and request id.
+    pub async fn check_audit_log(log: &dyn AuditLog) {
+        for i in 0..5u64 {
+            let mut e = AuditEntry::new(
+                1_700_000_000_000 + i,
+                "root",
+                actions::API_KEY_CREATED,
+                format!("k{i}"),
+            );
+            e.tenant = if i % 2 == 0 { "a" } else { "b" }.into();
+            e.request_id = format!("req-{i}");
+            e.detail = serde_json::json!({ "n": i });
+            log.record(&e).await.unwrap();
+        }
+        let targets = |v: &[AuditEntry]| v.iter().map(|e| e.target.clone()).collect::<Vec<_>>();
+        let page = log
+            .entries(&AuditQuery {
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(targets(&page), ["k4", "k3"]);
+        assert_eq!(page[0].detail, serde_json::json!({ "n": 4 }));
+        assert_eq!(page[0].request_id, "req-4");
+        let rest = log
+            .entries(&AuditQuery {
+                limit: 10,
+                before: Some(page[1].id.clone()),
+                tenant: Some("a".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(targets(&rest), ["k2", "k0"]);
+    }
 }
 
 #[cfg(test)]
@@ -530,41 +702,13 @@ mod tests {
 
     #[tokio::test]
     async fn memory_usage_adds_per_window() {
-        check_usage_log(&MemoryUsageLog::default()).await;
+        testing::check_usage_log(&MemoryUsageLog::default()).await;
         assert_eq!(usage_window(7199), 3600);
         assert_eq!(usage_window(7200), 7200);
     }
 
     #[tokio::test]
     async fn memory_audit_pages_newest_first() {
-        let log = MemoryAuditLog::default();
-        for i in 0..5u64 {
-            let mut e = AuditEntry::new(1000 + i, "root", actions::API_KEY_CREATED, "k");
-            e.tenant = if i % 2 == 0 { "a" } else { "b" }.into();
-            log.record(&e).await.unwrap();
-        }
-        let first = log
-            .entries(&AuditQuery {
-                limit: 2,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            first.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
-            [1004, 1003]
-        );
-        let next = log
-            .entries(&AuditQuery {
-                limit: 10,
-                before: Some(first[1].id.clone()),
-                tenant: Some("a".into()),
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            next.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
-            [1002, 1000]
-        );
+        testing::check_audit_log(&MemoryAuditLog::default()).await;
     }
 }

@@ -13,8 +13,8 @@
 //! because they use explicit transactions, under a session advisory lock so
 //! two nodes starting at once do not both apply a step.
 //!
-//! No TLS: the database is expected on localhost or a private network
-//! (`sslmode=require` in the URL is refused by the connector).
+//! TLS follows the URL's `sslmode` (`disable`, `prefer` — the default —,
+//! `require`, `verify-full` with `sslrootcert`), see [`super::pg_tls`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,17 +23,20 @@ use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
+use super::pg_tls::{self, RustlsConnect, TlsMode};
+
 use crate::auth::apikey::{ApiKeyRecord, ApiKeyStore, StoreError};
 use crate::migrate::{self, Applied, MigrateError, MigrationSet, MigrationState};
 use crate::store::{
-    AuditEntry, AuditLog, AuditQuery, UsageCounters, UsageDelta, UsageLog, UsageQuery, UsageRow,
-    usage_window,
+    AuditEntry, AuditLog, AuditQuery, USAGE_COLUMNS, UsageDelta, UsageLog, UsageQuery, UsageRow,
+    i64_of, u64_of, usage_row, usage_window,
 };
 
 /// A PostgreSQL database holding the layer's tables.
 #[derive(Clone)]
 pub struct PgStore {
     config: Arc<Config>,
+    tls: RustlsConnect,
     conn: Arc<tokio::sync::Mutex<Conn>>,
 }
 
@@ -50,6 +53,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Longest wait for one query; past it the connection is dropped and
 /// re-opened by the next call.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the readiness check's `SELECT 1`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,27 +88,32 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 impl PgStore {
     /// Parses `url` (`postgres://user[:pw]@host[:port]/db?…` or the
     /// `key=value` form); connects lazily.
     pub fn new(url: &str) -> Result<PgStore, InvalidUrl> {
-        let config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        let (rest, mode) = pg_tls::split_url(url).map_err(|e| InvalidUrl(e.to_string()))?;
+        let mut config: Config = rest.parse().map_err(|e: tokio_postgres::Error| {
             // The parser's message never repeats the URL (which may hold a password).
             InvalidUrl(e.to_string())
         })?;
-        Ok(Self::with_config(config))
+        config.ssl_mode(mode.ssl_mode());
+        let tls = pg_tls::connector(&mode).map_err(|e| InvalidUrl(e.to_string()))?;
+        Ok(Self::with_tls(config, tls))
     }
 
-    /// From a parsed configuration (connect timeout defaults to 5 s).
-    pub fn with_config(mut config: Config) -> PgStore {
+    /// From a parsed configuration (connect timeout defaults to 5 s); TLS
+    /// per its `ssl_mode`, the certificate unverified (`verify-full` needs
+    /// [`PgStore::new`]'s URL with `sslrootcert`).
+    pub fn with_config(config: Config) -> PgStore {
+        // Only verify-full can fail to build, and this is not it.
+        match pg_tls::connector(&TlsMode::Require) {
+            Ok(tls) => Self::with_tls(config, tls),
+            Err(e) => unreachable!("an unverified TLS client always builds: {e}"),
+        }
+    }
+
+    fn with_tls(mut config: Config, tls: RustlsConnect) -> PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -112,6 +122,7 @@ impl PgStore {
         }
         PgStore {
             config: Arc::new(config),
+            tls,
             conn: Arc::new(tokio::sync::Mutex::new(Conn::default())),
         }
     }
@@ -122,7 +133,7 @@ impl PgStore {
     }
 
     async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = self.config.connect(NoTls).await?;
+        let (client, conn) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::warn!(error = %describe(&e), "PostgreSQL connection closed");
@@ -190,6 +201,22 @@ impl PgStore {
             .await
             .map(|_| ())
             .map_err(backend)
+    }
+
+    /// Whether the shared connection is encrypted (`pg_stat_ssl`).
+    pub async fn encrypted(&self) -> Result<bool, StoreError> {
+        self.timed(async {
+            self.client()
+                .await?
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(backend)
+        })
+        .await
     }
 
     // ------------------------------------------------------------ migrations
@@ -424,6 +451,23 @@ fn row_to_record(r: &Row) -> Result<ApiKeyRecord, tokio_postgres::Error> {
 
 #[async_trait::async_trait]
 impl ApiKeyStore for PgStore {
+    fn dependency(&self) -> Option<&'static str> {
+        Some("postgres")
+    }
+
+    /// `SELECT 1` on the shared connection within [`PROBE_TIMEOUT`].
+    async fn probe(&self) -> Result<(), StoreError> {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.ping()).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.conn.lock().await.client = None;
+                Err(StoreError::Backend(format!(
+                    "PostgreSQL did not answer within {PROBE_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+
     async fn insert(&self, rec: &ApiKeyRecord) -> Result<(), StoreError> {
         self.timed(async {
             let roles =
@@ -598,23 +642,6 @@ impl AuditLog for PgStore {
     }
 }
 
-fn row_to_usage(r: &Row) -> Result<UsageRow, tokio_postgres::Error> {
-    let n = |i: usize| -> Result<u64, tokio_postgres::Error> { Ok(u64_of(r.try_get(i)?)) };
-    Ok(UsageRow {
-        tenant: r.try_get(0)?,
-        subject: r.try_get(1)?,
-        key_id: r.try_get(2)?,
-        window_start: n(3)?,
-        counters: UsageCounters {
-            requests: n(4)?,
-            bytes_in: n(5)?,
-            bytes_out: n(6)?,
-            tokens_in: n(7)?,
-            tokens_out: n(8)?,
-        },
-    })
-}
-
 #[async_trait::async_trait]
 impl UsageLog for PgStore {
     async fn record(&self, d: &UsageDelta) -> Result<(), StoreError> {
@@ -660,13 +687,13 @@ impl UsageLog for PgStore {
                 .client()
                 .await?
                 .query(
-                    "SELECT tenant, subject, key_id, window_start,
-                            requests, bytes_in, bytes_out, tokens_in, tokens_out
-                     FROM weir_usage
-                     WHERE tenant = $1 AND ($2::TEXT IS NULL OR subject = $2)
-                       AND ($3::BIGINT IS NULL OR window_start >= $3)
-                       AND ($4::BIGINT IS NULL OR window_start < $4)
-                     ORDER BY window_start, subject COLLATE \"C\", key_id COLLATE \"C\"",
+                    &format!(
+                        "SELECT {USAGE_COLUMNS} FROM weir_usage
+                         WHERE tenant = $1 AND ($2::TEXT IS NULL OR subject = $2)
+                           AND ($3::BIGINT IS NULL OR window_start >= $3)
+                           AND ($4::BIGINT IS NULL OR window_start < $4)
+                         ORDER BY window_start, subject COLLATE \"C\", key_id COLLATE \"C\""
+                    ),
                     &[
                         &q.tenant,
                         &q.subject,
@@ -677,7 +704,7 @@ impl UsageLog for PgStore {
                 .await
                 .map_err(backend)?;
             rows.iter()
-                .map(|r| row_to_usage(r).map_err(backend))
+                .map(|r| usage_row(|i| r.try_get(i), |i| r.try_get(i)).map_err(backend))
                 .collect()
         })
         .await
@@ -779,6 +806,23 @@ pub mod testing {
                 c.dbname(&self.name);
                 PgStore::with_config(c)
             })
+        }
+
+        /// Drops the database now, terminating every connection to it
+        /// (`WITH (FORCE)`): a database that went away under a running node.
+        pub async fn drop_now(&self) -> Result<(), Unreachable> {
+            let server = server_url();
+            admin_client(&server)
+                .await?
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await
+                .map_err(|e| Unreachable {
+                    url: server,
+                    message: describe(&e),
+                })
         }
 
         /// A plain connection to this database (for assertions on the schema).

@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::auth::apikey::{ApiKeyRecord, ApiKeyStore, StoreError};
 use crate::migrate::{self, Applied, MigrateError, MigrationState};
 use crate::store::{
-    AuditEntry, AuditLog, AuditQuery, UsageCounters, UsageDelta, UsageLog, UsageQuery, UsageRow,
-    usage_window,
+    AuditEntry, AuditLog, AuditQuery, USAGE_COLUMNS, UsageDelta, UsageLog, UsageQuery, UsageRow,
+    i64_of, usage_row, usage_window,
 };
 
 /// A SQLite database holding the layer's tables.
@@ -345,14 +345,6 @@ impl AuditLog for SqliteStore {
     }
 }
 
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 /// Adds into the row of the delta's window, creating it if missing.
 const USAGE_UPSERT: &str = "INSERT INTO weir_usage
         (tenant, subject, key_id, window_start, requests, bytes_in, bytes_out, tokens_in, tokens_out)
@@ -397,34 +389,17 @@ impl UsageLog for SqliteStore {
         let q = q.clone();
         self.with(move |c| {
             let mut st = c
-                .prepare(
-                    "SELECT tenant, subject, key_id, window_start,
-                            requests, bytes_in, bytes_out, tokens_in, tokens_out
-                     FROM weir_usage
+                .prepare(&format!(
+                    "SELECT {USAGE_COLUMNS} FROM weir_usage
                      WHERE tenant = ?1 AND (?2 IS NULL OR subject = ?2)
                        AND (?3 IS NULL OR window_start >= ?3) AND (?4 IS NULL OR window_start < ?4)
-                     ORDER BY window_start, subject, key_id",
-                )
+                     ORDER BY window_start, subject, key_id"
+                ))
                 .map_err(backend)?;
             let rows = st
                 .query_map(
                     params![q.tenant, q.subject, q.from.map(i64_of), q.to.map(i64_of)],
-                    |r| {
-                        let n = |i: usize| -> rusqlite::Result<u64> { Ok(u64_of(r.get(i)?)) };
-                        Ok(UsageRow {
-                            tenant: r.get(0)?,
-                            subject: r.get(1)?,
-                            key_id: r.get(2)?,
-                            window_start: n(3)?,
-                            counters: UsageCounters {
-                                requests: n(4)?,
-                                bytes_in: n(5)?,
-                                bytes_out: n(6)?,
-                                tokens_in: n(7)?,
-                                tokens_out: n(8)?,
-                            },
-                        })
-                    },
+                    |r| usage_row(|i| r.get(i), |i| r.get(i)),
                 )
                 .map_err(backend)?;
             rows.map(|r| r.map_err(backend)).collect()
@@ -554,47 +529,16 @@ mod tests {
 
     #[tokio::test]
     async fn audit_round_trip() {
-        use crate::store::actions;
         let s = SqliteStore::open_in_memory().unwrap();
         s.migrate_up(None).unwrap();
-        for i in 0..4u64 {
-            let mut e =
-                AuditEntry::new(2000 + i, "root", actions::API_KEY_REVOKED, format!("k{i}"));
-            e.tenant = if i % 2 == 0 { "a" } else { "b" }.into();
-            e.detail = serde_json::json!({ "i": i });
-            AuditLog::record(&s, &e).await.unwrap();
-        }
-        let page = s
-            .entries(&AuditQuery {
-                limit: 3,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            page.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
-            ["k3", "k2", "k1"]
-        );
-        assert_eq!(page[0].detail, serde_json::json!({ "i": 3 }));
-        let rest = s
-            .entries(&AuditQuery {
-                limit: 3,
-                before: Some(page[0].id.clone()),
-                tenant: Some("a".into()),
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            rest.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
-            ["k2", "k0"]
-        );
+        crate::store::testing::check_audit_log(&s).await;
     }
 
     #[tokio::test]
     async fn usage_adds_per_window() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_migrated(dir.path().join("u.db")).unwrap();
-        crate::store::check_usage_log(&s).await;
+        crate::store::testing::check_usage_log(&s).await;
         // Persisted across reopen.
         drop(s);
         let again = SqliteStore::open_migrated(dir.path().join("u.db")).unwrap();

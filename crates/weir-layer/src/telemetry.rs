@@ -137,9 +137,9 @@ pub(crate) fn begin(
 }
 
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
-/// The `traceparent` naming `span` itself, for the response. `None` unless
-/// exporting.
-pub(crate) fn traceparent_of(span: &tracing::Span) -> Option<http::HeaderValue> {
+/// The `traceparent` naming `span` itself, for the response or an outgoing
+/// request made in it (a webhook). `None` unless exporting.
+pub fn traceparent_of(span: &tracing::Span) -> Option<http::HeaderValue> {
     if !enabled() {
         return None;
     }

@@ -30,6 +30,8 @@ type Delivery = (Option<String>, Vec<u8>);
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<Mutex<Vec<Delivery>>>,
+    /// Every delivery's headers, in order.
+    headers: Arc<Mutex<Vec<http::HeaderMap>>>,
     reply: Arc<Mutex<(u16, Value)>>,
 }
 
@@ -48,6 +50,7 @@ impl Receiver {
                             let sig = headers
                                 .get("webhook-signature")
                                 .map(|v| v.to_str().unwrap().to_owned());
+                            r.headers.lock().push(headers.clone());
                             r.got.lock().push((sig, body.to_vec()));
                             let (status, reply) = r.reply.lock().clone();
                             (
@@ -154,6 +157,56 @@ async fn production_rules_refuse_unsafe_webhooks_and_anonymous_claims() {
     )
     .await;
     assert_eq!(status, 401, "claims need credentials by default: {body}");
+    srv.stop().await;
+}
+
+/// Each webhook POST carries a well-formed W3C `traceparent` (a fresh
+/// trace when traces are not exported) and an `X-Request-Id`.
+#[tokio::test]
+async fn webhooks_carry_trace_context_and_a_request_id() {
+    let srv = TestServer::start().await;
+    let (rx, url) = Receiver::start(200, json!({"done": true})).await;
+    let (status, _) = put_sub(
+        &srv,
+        "traced",
+        json!({"type": "webhook", "pattern": "tr/*", "webhook": {"url": url}}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    srv.create("tr/one", "text/plain", b"a").await;
+    rx.wait(1).await;
+    srv.create("tr/two", "text/plain", b"b").await;
+    rx.wait(2).await;
+    let seen: Vec<(weir_layer::request_id::TraceParent, String)> = rx
+        .headers
+        .lock()
+        .iter()
+        .map(|h| {
+            let tp = h
+                .get("traceparent")
+                .expect("traceparent header")
+                .to_str()
+                .unwrap();
+            let parsed = weir_layer::request_id::TraceParent::parse(tp)
+                .unwrap_or_else(|| panic!("malformed traceparent {tp:?}"));
+            assert_eq!(parsed.version, 0, "{tp}");
+            assert_eq!(tp.len(), 55, "{tp}");
+            let id = h
+                .get("x-request-id")
+                .expect("x-request-id header")
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(weir_layer::RequestId::parse(&id).is_some(), "{id:?}");
+            (parsed, id)
+        })
+        .collect();
+    assert!(seen.len() >= 2);
+    assert_ne!(
+        seen[0].0.trace_id, seen[1].0.trace_id,
+        "one trace per delivery"
+    );
+    assert_ne!(seen[0].1, seen[1].1, "one request id per delivery");
     srv.stop().await;
 }
 

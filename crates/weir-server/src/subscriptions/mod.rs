@@ -616,12 +616,21 @@ impl Subscriptions {
         let keys = self.keys().await.map_err(|e| format!("{e:?}"))?;
         let key = keys.signing.last().ok_or("no signing key")?;
         let sig = security::signature_header(key, now_ms() / 1000, &body);
-        let resp = client
+        let span = tracing::info_span!(
+            "webhook",
+            otel.kind = "client",
+            request_id = tracing::field::Empty
+        );
+        let (traceparent, request_id) = security::delivery_headers(&span);
+        let send = client
             .post(parsed)
             .header(header::CONTENT_TYPE, "application/json")
             .header("webhook-signature", sig)
+            .header("traceparent", traceparent)
+            .header("x-request-id", request_id)
             .body(body)
-            .send()
+            .send();
+        let resp = tracing::Instrument::instrument(send, span)
             .await
             .map_err(|e| format!("webhook request failed: {e}"))?;
         let status = resp.status();

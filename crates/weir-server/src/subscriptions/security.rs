@@ -11,6 +11,30 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// Trace context and request id of one webhook delivery: `traceparent`
+/// names `span` (the delivery's, a child of the current trace) when traces
+/// are exported, else a fresh random one (`sampled` off: nothing recorded
+/// it); `X-Request-Id` is a fresh id, also recorded on `span` for the logs.
+pub fn delivery_headers(span: &tracing::Span) -> (http::HeaderValue, http::HeaderValue) {
+    let request_id = weir_layer::RequestId::generate();
+    span.record("request_id", request_id.as_str());
+    let traceparent = weir_layer::telemetry::traceparent_of(span).unwrap_or_else(|| {
+        let mut rng = rand::thread_rng();
+        // Non-zero ids (W3C Trace Context §3.2.2.3/§3.2.2.4).
+        let trace_id = rand::Rng::gen_range(&mut rng, 1..=u128::MAX);
+        let parent_id = rand::Rng::gen_range(&mut rng, 1..=u64::MAX);
+        http::HeaderValue::from_str(&format!("00-{trace_id:032x}-{parent_id:016x}-00"))
+            .unwrap_or_else(|_| {
+                http::HeaderValue::from_static(
+                    "00-00000000000000000000000000000001-0000000000000001-00",
+                )
+            })
+    });
+    let request_id = http::HeaderValue::from_str(request_id.as_str())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("webhook"));
+    (traceparent, request_id)
+}
+
 /// Why a webhook URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlRejection {

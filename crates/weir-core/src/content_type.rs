@@ -15,17 +15,45 @@ pub struct ContentType {
 /// The default when a `PUT` carries no `Content-Type`.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
+/// Content types parsed once (lower case, no parameters).
+fn common() -> &'static [ContentType] {
+    static COMMON: std::sync::OnceLock<Vec<ContentType>> = std::sync::OnceLock::new();
+    COMMON.get_or_init(|| {
+        [
+            DEFAULT_CONTENT_TYPE,
+            "application/json",
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/x-ndjson",
+        ]
+        .into_iter()
+        .map(|t| {
+            let raw: std::sync::Arc<str> = t.into();
+            let essence = t.split(';').next().unwrap_or(t).trim();
+            ContentType {
+                essence: if essence == t {
+                    raw.clone()
+                } else {
+                    essence.into()
+                },
+                raw,
+            }
+        })
+        .collect()
+    })
+}
+
 impl ContentType {
     /// Parses a `Content-Type` header value. Returns `None` for values that
     /// are not `type/subtype[; params]`.
     pub fn parse(raw: &str) -> Option<ContentType> {
         let raw = raw.trim();
-        let essence = raw
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        // The usual types, exactly as clients send them, share one
+        // allocation each: a type is parsed on every append.
+        if let Some(known) = common().iter().find(|c| &*c.raw == raw) {
+            return Some(known.clone());
+        }
+        let essence = raw.split(';').next().unwrap_or("").trim();
         let (ty, sub) = essence.split_once('/')?;
         let token = |s: &str| {
             !s.is_empty()
@@ -35,13 +63,16 @@ impl ContentType {
         if !token(ty) || !token(sub) {
             return None;
         }
-        Some(ContentType {
-            raw: raw.into(),
-            essence: essence.into(),
-        })
+        let raw: std::sync::Arc<str> = raw.into();
+        let essence: std::sync::Arc<str> =
+            if essence == &*raw && !essence.bytes().any(|b| b.is_ascii_uppercase()) {
+                raw.clone()
+            } else {
+                essence.to_ascii_lowercase().into()
+            };
+        Some(ContentType { raw, essence })
     }
 
-    /// The default content type.
     pub fn default_type() -> ContentType {
         ContentType {
             raw: DEFAULT_CONTENT_TYPE.into(),
@@ -86,6 +117,21 @@ mod tests {
         assert!(a.matches(&b));
         assert!(b.is_json());
         assert_eq!(b.as_str(), "APPLICATION/JSON; charset=utf-8");
+    }
+
+    #[test]
+    fn common_types_parse_like_any_other() {
+        for t in [
+            "application/octet-stream",
+            "text/plain; charset=utf-8",
+            "application/json",
+        ] {
+            let c = ContentType::parse(t).unwrap();
+            assert_eq!(c.as_str(), t);
+            assert_eq!(c.essence(), t.split(';').next().unwrap());
+        }
+        let c = ContentType::parse("  Text/Plain ").unwrap();
+        assert_eq!((c.as_str(), c.essence()), ("Text/Plain", "text/plain"));
     }
 
     #[test]

@@ -90,9 +90,32 @@ fn parse_half(b: &[u8]) -> Option<u64> {
 }
 
 impl fmt::Display for Offset {
+    /// `{id:016}_{pos:016}`, written by hand: an offset is formatted for
+    /// every append's `Stream-Next-Offset`, and the padded `write!` showed
+    /// in per-append instruction counts.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016}_{:016}", self.id, self.pos)
+        let mut buf = [0u8; 41];
+        let mut n = put_padded(&mut buf, 0, self.id);
+        buf[n] = b'_';
+        n = put_padded(&mut buf, n + 1, self.pos);
+        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
     }
+}
+
+/// Writes `v` in decimal, zero-padded to at least 16 digits, at `at`;
+/// returns the end.
+fn put_padded(buf: &mut [u8; 41], at: usize, mut v: u64) -> usize {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    while v > 0 {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let start = i.min(digits.len() - 16);
+    let len = digits.len() - start;
+    buf[at..at + len].copy_from_slice(&digits[start..]);
+    at + len
 }
 
 impl ReadFrom {
@@ -111,6 +134,19 @@ impl ReadFrom {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn display_pads_to_sixteen_digits() {
+        for (id, pos) in [
+            (0, 0),
+            (1, 42),
+            (9_999_999_999_999_999, 10_000_000_000_000_000),
+            (u64::MAX, 7),
+        ] {
+            let o = Offset { id, pos };
+            assert_eq!(o.to_string(), format!("{id:016}_{pos:016}"));
+        }
+    }
 
     #[test]
     fn formats_fixed_width() {

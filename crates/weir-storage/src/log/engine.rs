@@ -10,7 +10,9 @@
 //! Group commit: submitters push frames to a channel in position order; the
 //! committer drains everything queued, writes it with one positioned write
 //! per touched segment, issues one `fdatasync` per touched segment, then
-//! completes all waiters and advances the durable position. No timer: a
+//! advances the durable position, publishes the new durable tail of every
+//! stream in the batch (waking its readers from this thread, once per
+//! stream per batch) and only then completes the waiters. No timer: a
 //! batch forms from whatever arrived while the previous sync ran.
 //!
 //! Failure policy: after any write or sync error the engine is *poisoned* —

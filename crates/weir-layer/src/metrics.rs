@@ -124,6 +124,11 @@ pub mod names {
             "counter",
             "Requests refused by load shedding (503 overloaded), by exhausted budget.",
         ),
+        (
+            CONFIG_RELOADS,
+            "counter",
+            "Configuration reloads (SIGHUP or the admin API), by result.",
+        ),
     ];
 }
 
@@ -139,11 +144,6 @@ pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
 /// Installing the recorder failed (another recorder is already global).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot install the Prometheus recorder: {0}")]
-        (
-            CONFIG_RELOADS,
-            "counter",
-            "Configuration reloads (SIGHUP or the admin API), by result.",
-        ),
 pub struct MetricsError(String);
 
 static HANDLE: OnceLock<Result<PrometheusHandle, MetricsError>> = OnceLock::new();

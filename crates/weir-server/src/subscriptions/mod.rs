@@ -28,14 +28,16 @@ use weir_core::append::{AppendRequest, Body};
 use weir_core::{Offset, StreamName};
 use weir_storage::{Storage, StorageError, StreamEvent, StreamEventKind};
 
-use self::model::{Config, CreateBody, Kind, Link, State, Wake, stream_paths, stream_views};
+use self::model::{
+    Config, CreateBody, Kind, Link, State, Wake, scope_paths, stream_paths, stream_views,
+};
 use self::security::{
     KeyMaterial, TokenClaims, WebhookKey, check_webhook_url, sign_token, verify_token,
 };
 use crate::AppState;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
-use crate::streams::{base_url, body_bytes, peer_ip};
+use crate::streams::{base_url, body_bytes, peer_ip, tenant_of, url_prefix};
 
 const KEYS_KEY: &str = "sys/subscription-keys";
 const SUB_PREFIX: &str = "sub/";
@@ -428,11 +430,15 @@ impl Subscriptions {
                 )
                 .map_err(|e| SubError::bad(e.to_string()))?;
                 let body = json!({
-                    "subscription_id": s.id,
+                    "subscription_id": s.client_id(),
                     "wake_id": wake_id,
                     "generation": s.generation,
-                    "streams": stream_views(&s.links, Some(&snapshot)),
-                    "callback_url": format!("{}/__ds/subscriptions/{}/callback", self.root_url(&s.base_url), s.id),
+                    "streams": stream_views(s, Some(&snapshot)),
+                    "callback_url": format!(
+                        "{}/__ds/subscriptions/{}/callback",
+                        self.root_url(&s.base_url, &s.url_prefix),
+                        s.client_id()
+                    ),
                     "callback_token": token,
                 });
                 Ok(vec![Action::Webhook {
@@ -451,11 +457,11 @@ impl Subscriptions {
                             .get(*p)
                             .is_some_and(|t| t.as_str() > l.acked.as_str())
                     })
-                    .map(|(p, _)| p.clone())
+                    .map(|(p, _)| s.unscoped(p).to_owned())
                     .unwrap_or_default();
                 let body = json!({
                     "type": "wake",
-                    "subscription_id": s.id,
+                    "subscription_id": s.client_id(),
                     "stream": stream,
                     "generation": s.generation,
                     "ts": now,
@@ -468,11 +474,12 @@ impl Subscriptions {
         }
     }
 
-    /// The stream-root URL for callback/JWKS URLs.
-    fn root_url(&self, fallback: &str) -> String {
+    /// The stream-root URL for callback/JWKS URLs (`prefix`: `/t/{tenant}`
+    /// in path tenant mode; `fallback` already carries it).
+    fn root_url(&self, fallback: &str, prefix: &str) -> String {
         match &self.config.public_url {
             Some(p) => format!(
-                "{}{}",
+                "{}{prefix}{}",
                 p.trim_end_matches('/'),
                 self.config.stream_root.trim_end_matches('/')
             ),
@@ -788,13 +795,13 @@ impl Subscriptions {
             _ => serde_json::Value::Null,
         };
         Ok(json!({
-            "id": s.id,
-            "subscription_id": s.id,
+            "id": s.client_id(),
+            "subscription_id": s.client_id(),
             "type": s.config.kind,
-            "pattern": s.config.pattern,
-            "streams": stream_views(&s.links, None),
+            "pattern": s.config.pattern.as_deref().map(|p| s.unscoped(p)),
+            "streams": stream_views(s, None),
             "webhook": webhook,
-            "wake_stream": s.config.wake_stream,
+            "wake_stream": s.config.wake_stream.as_deref().map(|w| s.unscoped(w)),
             "lease_ttl_ms": s.config.lease_ttl_ms,
             "created_at": format_ms(s.created_at_ms),
             "status": s.status(),
@@ -868,22 +875,76 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, SubError> {
     serde_json::from_slice(body).map_err(|e| SubError::bad(format!("invalid request body: {e}")))
 }
 
-/// Routes `__ds/...` requests.
+/// Whose subscriptions a request acts on: with tenancy, the caller's
+/// tenant's (ids and stream names live in its namespace; another tenant's
+/// subscription is indistinguishable from a missing one); without, all.
+#[derive(Clone, Debug, Default)]
+struct Scope {
+    tenant: Option<String>,
+    /// `/t/{tenant}` in path tenant mode.
+    url_prefix: String,
+}
+
+impl Scope {
+    /// The stored id of the client's subscription id.
+    fn id(&self, id: &str) -> String {
+        match &self.tenant {
+            Some(t) => weir_layer::authz::scoped_name(t, id),
+            None => id.to_owned(),
+        }
+    }
+}
+
+/// The permission a subscription request needs: reading its state needs
+/// `read`; a worker's callback, ack, release and claim `write`; creating,
+/// deleting and changing its streams `manage`.
+fn permission_for(method: &Method, path: &str) -> weir_layer::Permission {
+    use weir_layer::Permission;
+    let last = path.rsplit('/').next().unwrap_or("");
+    match *method {
+        Method::GET | Method::HEAD => Permission::Read,
+        Method::POST if matches!(last, "callback" | "ack" | "release" | "claim") => {
+            Permission::Write
+        }
+        _ => Permission::Manage,
+    }
+}
+
+/// Routes `__ds/...` requests, in the caller's tenant when streams are
+/// tenant-scoped.
 pub async fn dispatch(st: AppState, path: &str, req: Request) -> Response {
-    match route(&st, path, req).await {
+    let tenant = match tenant_of(&st, &req, permission_for(req.method(), path)) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let scope = Scope {
+        url_prefix: if tenant.is_some() {
+            url_prefix(req.extensions())
+        } else {
+            String::new()
+        },
+        tenant,
+    };
+    match route(&st, &scope, path, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn route(st: &AppState, path: &str, req: Request) -> Result<Response, SubError> {
+async fn route(
+    st: &AppState,
+    scope: &Scope,
+    path: &str,
+    req: Request,
+) -> Result<Response, SubError> {
     let subs = st.subscriptions.clone();
     let root = format!(
-        "{}{}",
+        "{}{}{}",
         base_url(st, req.headers(), peer_ip(&req)),
+        scope.url_prefix,
         st.config.stream_root.trim_end_matches('/')
     );
-    let root = subs.root_url(&root);
+    let root = subs.root_url(&root, &scope.url_prefix);
     let method = req.method().clone();
     let rest = path.strip_prefix("__ds/").unwrap_or("");
     if rest == "jwks.json" {
@@ -922,13 +983,13 @@ async fn route(st: &AppState, path: &str, req: Request) -> Result<Response, SubE
             "subscription ids are 1-256 characters of [A-Za-z0-9-_.~:]",
         ));
     }
-    let id = id.to_owned();
+    let id = scope.id(id);
     let headers = req.headers().clone();
     let (_, body) = body_bytes(64 * 1024, req)
         .await
         .map_err(|e| SubError::Api(e, "INVALID_REQUEST"))?;
     match (method, tail) {
-        (Method::PUT, "") => create(&subs, &id, &root, &body).await,
+        (Method::PUT, "") => create(&subs, scope, &id, &root, &body).await,
         (Method::GET, "") => match subs.load(&id).await? {
             Some((s, _)) if !s.deleted => Ok(json_ok(StatusCode::OK, subs.view(&s, &root).await?)),
             _ => Err(SubError::not_found()),
@@ -950,7 +1011,9 @@ async fn route(st: &AppState, path: &str, req: Request) -> Result<Response, SubE
         }
         (Method::POST, "streams") => {
             let b: StreamsBody = parse(&body)?;
-            let paths = stream_paths(&b.streams).map_err(|e| SubError::bad(e.to_string()))?;
+            let paths = stream_paths(&b.streams)
+                .and_then(|p| scope_paths(&p, scope.tenant.as_deref()))
+                .map_err(|e| SubError::bad(e.to_string()))?;
             let mut tails = Vec::new();
             for p in &paths {
                 tails.push((p.clone(), subs.current_tail(p).await));
@@ -978,6 +1041,10 @@ async fn route(st: &AppState, path: &str, req: Request) -> Result<Response, SubE
             let p = percent_encoding::percent_decode_str(raw)
                 .decode_utf8_lossy()
                 .into_owned();
+            let p = match &scope.tenant {
+                Some(t) => weir_layer::authz::scoped_name(t, &p),
+                None => p,
+            };
             let ((), actions) = subs
                 .update(&id, |s, _| {
                     if let Some(l) = s.links.get_mut(&p) {
@@ -1008,7 +1075,8 @@ async fn route(st: &AppState, path: &str, req: Request) -> Result<Response, SubE
                     for a in &b.acks {
                         Offset::parse(&a.offset)
                             .map_err(|_| SubError::bad(format!("invalid offset `{}`", a.offset)))?;
-                        if let Some(l) = s.links.get_mut(&a.stream)
+                        let stream = s.scoped(&a.stream);
+                        if let Some(l) = s.links.get_mut(&stream)
                             && a.offset > l.acked
                         {
                             l.acked.clone_from(&a.offset);
@@ -1049,7 +1117,9 @@ async fn route(st: &AppState, path: &str, req: Request) -> Result<Response, SubE
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Method::POST, "claim") => {
-            if !st.config.subscriptions.allow_anonymous_claim {
+            // With tenancy the production layer has verified the worker's
+            // credential (and `tenant_of` its `write` permission).
+            if scope.tenant.is_none() && !st.config.subscriptions.allow_anonymous_claim {
                 // No worker credential verifier is configured yet: claims
                 // need one (the production layer provides it).
                 if bearer(&headers).is_none() {
@@ -1119,6 +1189,7 @@ impl Subscriptions {
 
 async fn create(
     subs: &Arc<Subscriptions>,
+    scope: &Scope,
     id: &str,
     root: &str,
     body: &[u8],
@@ -1126,6 +1197,7 @@ async fn create(
     let req: CreateBody = parse(body)?;
     let config: Config = req
         .into_config()
+        .and_then(|c| c.in_tenant(scope.tenant.as_deref()))
         .map_err(|e| SubError::bad(e.to_string()))?;
     if let Some(url) = &config.webhook_url {
         check_webhook_url(url, subs.config.subscriptions.allow_loopback_webhooks).map_err(|e| {
@@ -1196,6 +1268,8 @@ async fn create(
         next_attempt_ms: None,
         last_error: None,
         deleted: false,
+        tenant: scope.tenant.clone(),
+        url_prefix: scope.url_prefix.clone(),
     };
     subs.save(&state, existing.map(|(_, v)| v)).await?;
     drop(guard);
@@ -1267,7 +1341,7 @@ async fn claim(subs: &Arc<Subscriptions>, id: &str, worker: &str) -> Result<Resp
                 "wake_id": wake_id,
                 "generation": generation,
                 "token": token,
-                "streams": stream_views(&s.links, Some(&snapshot)),
+                "streams": stream_views(s, Some(&snapshot)),
                 "lease_ttl_ms": s.config.lease_ttl_ms,
             }))
         })

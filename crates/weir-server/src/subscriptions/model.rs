@@ -70,6 +70,40 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The configuration in a tenant's namespace: its pattern, explicit
+    /// streams and wake stream become storage names (`{tenant}/{path}`), so
+    /// the pattern can only ever match that tenant's streams (tenant ids
+    /// hold no glob characters). `None` (no tenancy): unchanged.
+    pub fn in_tenant(mut self, tenant: Option<&str>) -> Result<Config, ConfigError> {
+        let Some(t) = tenant else {
+            return Ok(self);
+        };
+        self.pattern = self.pattern.map(|p| weir_layer::authz::scoped_name(t, &p));
+        self.streams = scope_paths(&self.streams, Some(t))?;
+        self.wake_stream = self
+            .wake_stream
+            .map(|w| scope_path(&w, Some(t)))
+            .transpose()?;
+        Ok(self)
+    }
+}
+
+/// A validated client stream path as a storage name (in `tenant`).
+pub fn scope_path(path: &str, tenant: Option<&str>) -> Result<String, ConfigError> {
+    let Some(t) = tenant else {
+        return Ok(path.to_owned());
+    };
+    let full = weir_layer::authz::scoped_name(t, path);
+    StreamName::new(&full).map_err(|_| ConfigError::BadStream(path.to_owned()))?;
+    Ok(full)
+}
+
+/// [`scope_path`] for each of `paths`.
+pub fn scope_paths(paths: &[String], tenant: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    paths.iter().map(|p| scope_path(p, tenant)).collect()
+}
+
 /// Why a configuration was refused (400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -193,9 +227,43 @@ pub struct State {
     pub last_error: Option<String>,
     /// Tombstoned by DELETE (kept so a re-created id keeps fencing old tokens).
     pub deleted: bool,
+    /// The owning tenant when streams are tenant-scoped: `id` is then
+    /// `{tenant}/{client id}` and every stream name is a storage name in
+    /// the tenant's namespace; clients see them without the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// `/t/{tenant}` when the tenant comes from the URL (callback URLs
+    /// are built under it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url_prefix: String,
 }
 
 impl State {
+    /// The id the client chose (without the tenant).
+    pub fn client_id(&self) -> &str {
+        self.tenant
+            .as_deref()
+            .and_then(|t| weir_layer::authz::unscoped_name(t, &self.id))
+            .unwrap_or(&self.id)
+    }
+
+    /// What a stream's storage name looks like to the subscription's
+    /// tenant.
+    pub fn unscoped<'a>(&self, name: &'a str) -> &'a str {
+        self.tenant
+            .as_deref()
+            .and_then(|t| weir_layer::authz::unscoped_name(t, name))
+            .unwrap_or(name)
+    }
+
+    /// The storage name of a client stream path.
+    pub fn scoped(&self, path: &str) -> String {
+        match &self.tenant {
+            Some(t) => weir_layer::authz::scoped_name(t, path),
+            None => path.to_owned(),
+        }
+    }
+
     /// `active`, or `failed` while a webhook retry is scheduled.
     pub fn status(&self) -> &'static str {
         if self.next_attempt_ms.is_some() {
@@ -231,17 +299,18 @@ impl Link {
     }
 }
 
-/// Builds the `streams` array; with `tails`, includes tail and pending.
+/// Builds the `streams` array of `s`'s links (paths as its tenant sees
+/// them); with `tails`, includes tail and pending.
 pub fn stream_views<'a>(
-    links: &'a BTreeMap<String, Link>,
+    s: &'a State,
     tails: Option<&'a BTreeMap<String, String>>,
 ) -> Vec<StreamView<'a>> {
-    links
+    s.links
         .iter()
         .map(|(p, l)| {
             let tail = tails.and_then(|t| t.get(p)).map(String::as_str);
             StreamView {
-                path: p,
+                path: s.unscoped(p),
                 link_type: l.link_type(),
                 acked_offset: &l.acked,
                 tail_offset: tail,
@@ -294,5 +363,41 @@ mod tests {
             serde_json::from_str::<CreateBody>(r#"{"type":"carrier-pigeon","pattern":"a"}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn tenant_scoping() {
+        let c =
+            body(r#"{"type":"pull-wake","pattern":"orders/*","streams":["b"],"wake_stream":"w"}"#)
+                .unwrap();
+        assert_eq!(c.clone().in_tenant(None).unwrap(), c);
+        let t = c.in_tenant(Some("acme")).unwrap();
+        assert_eq!(t.pattern.as_deref(), Some("acme/orders/*"));
+        assert_eq!(t.streams, vec!["acme/b"]);
+        assert_eq!(t.wake_stream.as_deref(), Some("acme/w"));
+        assert!(weir_core::glob::matches(
+            t.pattern.as_deref().unwrap(),
+            "acme/orders/1"
+        ));
+        assert!(!weir_core::glob::matches(
+            t.pattern.as_deref().unwrap(),
+            "other/orders/1"
+        ));
+        let any = body(r#"{"type":"pull-wake","pattern":"**","wake_stream":"w"}"#)
+            .unwrap()
+            .in_tenant(Some("acme"))
+            .unwrap();
+        assert!(!weir_core::glob::matches(
+            any.pattern.as_deref().unwrap(),
+            "acmex/a"
+        ));
+        assert!(!weir_core::glob::matches(
+            any.pattern.as_deref().unwrap(),
+            "other/acme/a"
+        ));
+        assert!(weir_core::glob::matches(
+            any.pattern.as_deref().unwrap(),
+            "acme/a/b"
+        ));
     }
 }

@@ -53,14 +53,14 @@ pub mod names {
     /// Counter `{reason}` (`requests`, `body_bytes`, `live_readers`):
     /// requests refused with `503 overloaded` by load shedding.
     pub const SHED: &str = "weir_shed_total";
+    /// Counter `{result}` (`applied`, `refused`): configuration reloads
+    /// (SIGHUP or `POST /admin/v1/reload`).
+    pub const CONFIG_RELOADS: &str = "weir_config_reloads_total";
 
     /// `(name, kind, help)` of every metric, for descriptions and docs.
     pub const ALL: &[(&str, &str, &str)] = &[
         (
             HTTP_REQUESTS,
-    /// Counter `{result}` (`applied`, `refused`): configuration reloads
-    /// (SIGHUP or `POST /admin/v1/reload`).
-    pub const CONFIG_RELOADS: &str = "weir_config_reloads_total";
             "counter",
             "HTTP requests answered, by route template, method and status.",
         ),

@@ -5,14 +5,15 @@
 //! the audit log of all of it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use weir_layer::store::postgres::testing::TestDatabase;
+use tokio::process::Child;
+use weir_testkit::pg;
 
 const CACHE_TTL_MS: u64 = 500;
 
@@ -25,41 +26,14 @@ struct Node {
 /// `weir serve` with an admin listener; reads both `listening` lines and
 /// keeps draining stdout so later prints never hit a closed pipe.
 async fn serve(cfg: &Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--log-level",
-            "warn",
-            "--storage",
-            "memory",
-        ])
-        .arg("--config")
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("weir serve did not start within 30 s")
-            .unwrap()
-            .expect("weir serve exited before listening")
-    };
-    let base = next()
-        .await
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    let admin = next()
-        .await
-        .strip_prefix("admin listening on ")
-        .unwrap()
-        .to_owned();
+    let (child, mut lines) = common::spawn_serve([
+        OsStr::new("--storage"),
+        OsStr::new("memory"),
+        OsStr::new("--config"),
+        cfg.as_os_str(),
+    ]);
+    let base = common::printed(&mut lines, "listening on ").await;
+    let admin = common::printed(&mut lines, "admin listening on ").await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Node {
         _child: child,
@@ -85,9 +59,7 @@ fn weir(args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_keys_and_audit_log_in_postgres() {
-    let db = TestDatabase::create("e2e")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let db = pg::database("e2e").await;
     let dir = tempfile::tempdir().unwrap();
     let url_file = dir.path().join("pg-url");
     std::fs::write(&url_file, format!("{}\n", db.url())).unwrap();

@@ -4,28 +4,13 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 const SECRET: &str = "test-secret-test-secret-test-secret!";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_auth_guards_streams_and_errors_carry_correlation_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("weir.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[auth]\nmode = \"required\"\n[auth.jwt]\nissuer = \"https://idp.test/\"\naudience = [\"weir\"]\nhs256_secret = \"{SECRET}\"\n"
-        ),
-    )
-    .unwrap();
-    let served = common::serve([
-        std::ffi::OsStr::new("--storage"),
-        std::ffi::OsStr::new("memory"),
-        std::ffi::OsStr::new("--config"),
-        cfg.as_os_str(),
-    ])
-    .await;
+    let cfg = common::config_file(dir.path(), &common::jwt_auth(SECRET));
+    let served = common::serve_memory(&cfg).await;
     let (mut child, base) = (served.child, served.base);
     let client = reqwest::Client::new();
 
@@ -42,18 +27,10 @@ async fn required_auth_guards_streams_and_errors_carry_correlation_ids() {
     assert_eq!(body["code"], "unauthorized");
     assert_eq!(body["correlation_id"], "req-123");
 
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    let claims = serde_json::json!({"sub": "alice", "iss": "https://idp.test/", "aud": "weir", "exp": exp, "roles": ["admin"]});
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let token = common::idp_token(
+        SECRET,
+        serde_json::json!({"sub": "alice", "roles": ["admin"]}),
+    );
     let r = client
         .put(format!("{base}/v1/stream/guarded"))
         .bearer_auth(&token)
@@ -109,15 +86,13 @@ fn weir(args: &[&str]) -> String {
 async fn api_keys_from_the_cli_authenticate_and_revocation_takes_effect() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("layer.db");
-    let cfg = dir.path().join("weir.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = common::config_file(
+        dir.path(),
+        &format!(
             "[auth]\nmode = \"required\"\n[auth.api_keys]\nenabled = true\nsqlite_path = \"{}\"\ncache_ttl_ms = 0\n",
             db.display()
         ),
-    )
-    .unwrap();
+    );
     let db_s = db.to_str().unwrap();
     let status = weir(&["migrate", "up", "--db", db_s]);
     assert!(status.contains("api_keys"), "{status}");
@@ -144,13 +119,7 @@ async fn api_keys_from_the_cli_authenticate_and_revocation_takes_effect() {
         .unwrap()
         .to_owned();
 
-    let served = common::serve([
-        std::ffi::OsStr::new("--storage"),
-        std::ffi::OsStr::new("memory"),
-        std::ffi::OsStr::new("--config"),
-        cfg.as_os_str(),
-    ])
-    .await;
+    let served = common::serve_memory(&cfg).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/stream/keyed", served.base);
     let r = client
@@ -172,30 +141,16 @@ async fn api_keys_from_the_cli_authenticate_and_revocation_takes_effect() {
 }
 
 fn token(tenant: &str, roles: &[&str]) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    let claims = serde_json::json!({"sub": format!("user-{tenant}"), "iss": "https://idp.test/", "aud": "weir",
-        "exp": exp, "tenant": tenant, "roles": roles});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    common::idp_token(
+        SECRET,
+        serde_json::json!({"sub": format!("user-{tenant}"), "tenant": tenant, "roles": roles}),
     )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_never_see_each_others_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("weir.toml");
-    std::fs::write(
-        &cfg,
-        format!("[auth]\nmode = \"required\"\n[auth.jwt]\nissuer = \"https://idp.test/\"\naudience = [\"weir\"]\nhs256_secret = \"{SECRET}\"\n"),
-    )
-    .unwrap();
+    let cfg = common::config_file(dir.path(), &common::jwt_auth(SECRET));
     let served = common::serve([
         std::ffi::OsStr::new("--config"),
         cfg.as_os_str(),

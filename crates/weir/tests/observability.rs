@@ -8,6 +8,8 @@
 //!   id, tenant and principal.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -35,15 +37,7 @@ async fn serve(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     }
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("weir serve did not start within 30 s")
-        .unwrap()
-        .expect("weir serve exited before listening");
-    let base = line
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .to_owned();
+    let base = common::printed(&mut lines, "listening on ").await;
     (child, base)
 }
 

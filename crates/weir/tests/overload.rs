@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::time::Duration;
 
 /// Peak resident set (VmHWM) of a process, in bytes.
@@ -31,25 +30,17 @@ const MIB: usize = 1024 * 1024;
 #[tokio::test]
 async fn uploads_past_the_budgets_are_shed_and_memory_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("weir.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = common::config_file(
+        dir.path(),
+        &format!(
             "[server]\nmax_body_bytes = {}\n[storage]\nmemory_max_bytes = {}\n\
              [limits]\nmax_in_flight_body_bytes = {}\nretry_after_secs = 2\n",
             4 * MIB,
             32 * MIB,
             16 * MIB
         ),
-    )
-    .unwrap();
-    let served = common::serve([
-        OsStr::new("--storage"),
-        OsStr::new("memory"),
-        OsStr::new("--config"),
-        cfg.as_os_str(),
-    ])
-    .await;
+    );
+    let served = common::serve_memory(&cfg).await;
     let pid = served.child.id().unwrap();
     let base = served.base.clone();
     let client = reqwest::Client::new();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use weir_layer::problem::{ErrorCode, Problem};
-use weir_layer::store::postgres::testing::TestDatabase;
 use weir_saga::{Orchestrator, Registry, RetryPolicy, Saga, SagaStore, Status, Step, StepCtx};
+use weir_testkit::pg;
 
 /// Only there so that a broken orchestrator fails the test instead of
 /// hanging it.
@@ -41,9 +41,7 @@ fn ok(url: &str, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_show_and_retry_a_failed_saga() {
-    let db = TestDatabase::create("saga_cli")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let db = pg::database("saga_cli").await;
     let url = db.url().to_owned();
     let store = SagaStore::new(&url).unwrap();
     store.migrate().await.unwrap();

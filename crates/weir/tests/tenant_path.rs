@@ -7,44 +7,26 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 const SECRET: &str = "path-mode-secret-path-mode-secret!!";
 
 fn token(tenant: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    let claims = serde_json::json!({"sub": format!("user-{tenant}"), "iss": "https://idp.test/",
-        "aud": "weir", "exp": exp, "tenant": tenant, "roles": ["manager"]});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    common::idp_token(
+        SECRET,
+        serde_json::json!({"sub": format!("user-{tenant}"), "tenant": tenant, "roles": ["manager"]}),
     )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tenant_comes_from_the_url_and_must_be_the_callers() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("weir.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[auth]\nmode = \"required\"\n[auth.jwt]\nissuer = \"https://idp.test/\"\naudience = [\"weir\"]\nhs256_secret = \"{SECRET}\"\n[authz]\ntenant_source = \"path\"\n"
+    let cfg = common::config_file(
+        dir.path(),
+        &format!(
+            "{}[authz]\ntenant_source = \"path\"\n",
+            common::jwt_auth(SECRET)
         ),
-    )
-    .unwrap();
-    let served = common::serve([
-        std::ffi::OsStr::new("--storage"),
-        std::ffi::OsStr::new("memory"),
-        std::ffi::OsStr::new("--config"),
-        cfg.as_os_str(),
-    ])
-    .await;
+    );
+    let served = common::serve_memory(&cfg).await;
     let base = served.base.clone();
     let c = reqwest::Client::new();
     let (a, b) = (token("alpha"), token("beta"));

@@ -8,7 +8,7 @@
 //! costs a re-verification, never correctness.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -89,9 +89,169 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     }
 }
 
+/// A bounded, sharded memo keyed by byte strings a client sends
+/// (credentials, taken straight from a header), whose entries expire at a
+/// per-entry deadline.
+///
+/// The hot path of authentication: a lookup hashes the bytes once (SipHash
+/// with a random key, so a client cannot aim collisions) and neither
+/// allocates nor copies them; the map is keyed by that hash, and a hit
+/// compares the stored bytes in constant time, so two inputs sharing a hash
+/// only ever cost a miss. Bounded like [`TtlCache`] (every entry can be
+/// created by a client); losing an entry only costs a re-verification.
+#[derive(Debug)]
+pub struct BytesMemo<V> {
+    shards: Vec<Mutex<MemoShard<V>>>,
+    per_shard: usize,
+    hasher: RandomState,
+}
+
+/// Keyed hash of the bytes → the entry holding them.
+type MemoShard<V> = HashMap<u64, MemoEntry<V>, BuildHasherDefault<Prehashed>>;
+
+#[derive(Debug)]
+struct MemoEntry<V> {
+    key: Box<[u8]>,
+    value: V,
+    expires: Duration,
+}
+
+/// The map's keys are already keyed SipHash values: hashing them again
+/// would only cost time.
+#[derive(Clone, Copy, Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed (`write_u64`); fold anything else.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+impl<V: Clone> BytesMemo<V> {
+    /// A memo of at most `capacity` entries (0 disables it).
+    pub fn new(capacity: usize) -> BytesMemo<V> {
+        BytesMemo {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            per_shard: capacity.div_ceil(SHARDS),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn slot(&self, key: &[u8]) -> (u64, &Mutex<MemoShard<V>>) {
+        let h = self.hasher.hash_one(key);
+        // The map uses the low bits and the top seven; shard by others.
+        (h, &self.shards[((h >> 32) as usize) % SHARDS])
+    }
+
+    /// The value stored for exactly these bytes, if `now < expires`.
+    pub fn get(&self, key: &[u8], now: Duration) -> Option<V> {
+        let (h, shard) = self.slot(key);
+        let mut shard = shard.lock();
+        let e = shard.get(&h)?;
+        if !constant_time_eq(&e.key, key) {
+            return None;
+        }
+        if now < e.expires {
+            return Some(e.value.clone());
+        }
+        shard.remove(&h);
+        None
+    }
+
+    /// Stores `v` for these bytes until `expires` (replacing whatever
+    /// shared their hash).
+    pub fn insert(&self, key: &[u8], v: V, expires: Duration, now: Duration) {
+        if self.per_shard == 0 || expires <= now {
+            return;
+        }
+        let (h, shard) = self.slot(key);
+        let mut shard = shard.lock();
+        if shard.len() >= self.per_shard && !shard.contains_key(&h) {
+            shard.retain(|_, e| now < e.expires);
+            if shard.len() >= self.per_shard {
+                // Evict about 1/8 of the shard so the purge cost amortizes
+                // (iteration order follows keyed hashes: not steerable).
+                let n = (self.per_shard / 8).max(1);
+                let victims: Vec<u64> = shard.keys().take(n).copied().collect();
+                for victim in victims {
+                    shard.remove(&victim);
+                }
+            }
+        }
+        shard.insert(
+            h,
+            MemoEntry {
+                key: key.into(),
+                value: v,
+                expires,
+            },
+        );
+    }
+
+    /// Keeps only the entries whose value passes `keep` (revocation).
+    pub fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
+        for s in &self.shards {
+            s.lock().retain(|_, e| keep(&e.value));
+        }
+    }
+
+    pub fn clear(&self) {
+        for s in &self.shards {
+            s.lock().clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Equality whose time depends only on the lengths.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memo_matches_exact_bytes_expires_and_stays_bounded() {
+        let m = BytesMemo::new(160);
+        let t0 = Duration::from_secs(100);
+        m.insert(b"wk_a", 1u32, t0 + Duration::from_secs(5), t0);
+        assert_eq!(m.get(b"wk_a", t0), Some(1));
+        assert_eq!(m.get(b"wk_b", t0), None);
+        assert_eq!(m.get(b"wk_a\0", t0), None);
+        assert_eq!(m.get(b"wk_a", t0 + Duration::from_secs(5)), None);
+        assert!(m.is_empty(), "an expired entry is dropped when met");
+        m.insert(b"x", 7, t0 + Duration::from_secs(5), t0);
+        m.insert(b"y", 8, t0 + Duration::from_secs(5), t0);
+        m.retain(|v| *v != 7);
+        assert_eq!((m.get(b"x", t0), m.get(b"y", t0)), (None, Some(8)));
+        for i in 0..100_000u32 {
+            m.insert(&i.to_le_bytes(), 0, t0 + Duration::from_secs(60), t0);
+        }
+        assert!(m.len() <= 160, "{}", m.len());
+        let zero = BytesMemo::new(0);
+        zero.insert(b"k", 1u8, t0 + Duration::from_secs(1), t0);
+        assert!(zero.is_empty());
+    }
 
     #[test]
     fn expires_and_stays_bounded() {

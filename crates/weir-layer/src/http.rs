@@ -284,12 +284,32 @@ pub(crate) async fn authenticate<B>(
     auth: &Authenticator,
     req: &mut Request<B>,
 ) -> Result<(), Response> {
+    if let Some(done) = authenticate_now(auth, req) {
+        return done;
+    }
+    let result = auth.authenticate(req.headers()).await;
+    admit(req, result)
+}
+
+/// [`authenticate`] when the answer needs no waiting (see
+/// [`Authenticator::authenticate_now`]); `None`: call `authenticate`.
+pub(crate) fn authenticate_now<B>(
+    auth: &Authenticator,
+    req: &mut Request<B>,
+) -> Option<Result<(), Response>> {
     let skip = req.method() == http::Method::OPTIONS || auth.is_public(req.uri().path());
     let result = if skip {
         Ok(auth.anonymous().clone())
     } else {
-        auth.authenticate(req.headers()).await
+        auth.authenticate_now(req.headers())?
     };
+    Some(admit(req, result))
+}
+
+/// The principal into the request, or the refusal for the error.
+// The refusal is the response itself, moved once (as in the async steps).
+#[allow(clippy::result_large_err)]
+fn admit<B>(req: &mut Request<B>, result: Result<Principal, AuthError>) -> Result<(), Response> {
     match result {
         Ok(p) => {
             let span = tracing::Span::current();
@@ -418,19 +438,45 @@ pub(crate) async fn check_rate_limit(
     if !limiter.config().enabled {
         return Ok(Vec::new());
     }
+    verdict(limiter.check(request_info(method, path, ext)).await)
+}
+
+/// [`check_rate_limit`] when the limiter answers without waiting (it is
+/// off or local); `None`: call `check_rate_limit`.
+pub(crate) fn check_rate_limit_now(
+    limiter: &RateLimiter,
+    method: &http::Method,
+    path: &str,
+    ext: &http::Extensions,
+) -> Option<Result<Vec<ratelimit::PolicyDecision>, Response>> {
+    if !limiter.config().enabled {
+        return Some(Ok(Vec::new()));
+    }
+    limiter
+        .check_now(request_info(method, path, ext))
+        .map(verdict)
+}
+
+fn request_info<'a>(
+    method: &'a http::Method,
+    path: &'a str,
+    ext: &'a http::Extensions,
+) -> RequestInfo<'a> {
     let ip = ext
         .get::<ClientIp>()
         .map(|c| c.0)
         .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
-    let verdict = limiter
-        .check(RequestInfo {
-            method,
-            path,
-            principal: ext.get::<Principal>(),
-            ip,
-        })
-        .await;
-    match verdict {
+    RequestInfo {
+        method,
+        path,
+        principal: ext.get::<Principal>(),
+        ip,
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn verdict(v: Verdict) -> Result<Vec<ratelimit::PolicyDecision>, Response> {
+    match v {
         Verdict::Allowed(ds) => Ok(ds),
         Verdict::Limited(ds) => Err(ratelimit::limited_problem(&ds).into_response()),
         Verdict::Unavailable => Err(ratelimit::unavailable_problem().into_response()),

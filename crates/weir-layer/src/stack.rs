@@ -7,7 +7,11 @@
 //! clone is itself a heap allocation — and callgrind showed that plumbing
 //! costing more than the checks themselves. [`ProductionLayer`] runs the
 //! same steps, in the same order, with the same functions, inside one
-//! future: one clone and one box per request. Metric handles are cached per
+//! future: one box per request. When authentication and the rate limit can
+//! answer without waiting — no credential, or one verified recently, and a
+//! local limiter: every request of a steady client — they run in `call`
+//! itself and the service below is called there too, so it is not even
+//! cloned into the future. Metric handles are cached per
 //! (route, method, status) so recording is an atomic add, not a registry
 //! lookup with freshly allocated labels; the in-flight gauge's handle is
 //! bound once.
@@ -27,10 +31,12 @@ use tracing::Instrument;
 
 use crate::auth::Authenticator;
 use crate::http::{
-    add_rate_limit_headers, authenticate, begin_request, check_rate_limit, method_name, stamp,
+    add_rate_limit_headers, authenticate, authenticate_now, begin_request, check_rate_limit,
+    check_rate_limit_now, method_name, stamp,
 };
 use crate::metrics::names;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{PolicyDecision, RateLimiter};
+use crate::request_id::RequestId;
 
 /// Request id, metrics, authentication and rate limits (see the module
 /// docs); mount it with `Router::layer` so `MatchedPath` is known.
@@ -98,12 +104,23 @@ pub struct ProductionService<S> {
 }
 
 impl Shared {
-    fn handles(&self, route: &str, method: &'static str, status: u16) -> Handles {
+    /// Counts one request and its duration.
+    fn record(&self, route: &str, method: &'static str, status: u16, secs: f64) {
+        // Recorded under the read lock: no handle clones (two reference
+        // counts up and down) per request.
         if let Some(hs) = self.handles.read().get(route)
             && let Some((_, _, h)) = hs.iter().find(|(m, s, _)| *s == status && *m == method)
         {
-            return h.clone();
+            h.requests.increment(1);
+            h.duration.record(secs);
+            return;
         }
+        let h = self.handles(route, method, status);
+        h.requests.increment(1);
+        h.duration.record(secs);
+    }
+
+    fn handles(&self, route: &str, method: &'static str, status: u16) -> Handles {
         let h = Handles {
             requests: metrics::counter!(names::HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string()),
             duration: metrics::histogram!(names::HTTP_DURATION, "route" => route.to_owned(), "method" => method),
@@ -127,19 +144,55 @@ impl Shared {
 
 /// Counts a request in `weir_http_requests_in_flight` while it lives: a
 /// request dropped mid-way (client gone) still leaves the gauge.
-struct InFlight<'a>(&'a Gauge);
+struct InFlight(Arc<Shared>);
 
-impl<'a> InFlight<'a> {
-    fn start(g: &'a Gauge) -> InFlight<'a> {
-        g.increment(1.0);
-        InFlight(g)
+impl InFlight {
+    fn start(shared: Arc<Shared>) -> InFlight {
+        shared.in_flight().increment(1.0);
+        InFlight(shared)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.0.in_flight().decrement(1.0);
     }
+}
+
+/// What is left to do once a request has its response head: count it,
+/// leave the in-flight gauge, stamp the request id.
+struct Finish {
+    in_flight: InFlight,
+    route: Option<MatchedPath>,
+    method: &'static str,
+    start: Instant,
+    id: RequestId,
+}
+
+impl Finish {
+    async fn finish(self, resp: Response) -> Response {
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let secs = self.start.elapsed().as_secs_f64();
+        self.in_flight
+            .0
+            .record(route, self.method, resp.status().as_u16(), secs);
+        drop(self.in_flight);
+        stamp(resp, &self.id).await
+    }
+}
+
+/// How far a request got without waiting.
+enum Checked {
+    /// Authenticated and within its limits (the applied policies): call
+    /// the service below right away.
+    Pass(Vec<PolicyDecision>),
+    /// Refused: this is the answer.
+    Refused(Response),
+    /// Authentication needs a lookup (a store, the JWKS): run it all in
+    /// the future.
+    AuthPending,
+    /// Authenticated, but the rate limit needs its shared backend.
+    LimitPending,
 }
 
 impl<S, B> Service<Request<B>> for ProductionService<S>
@@ -158,42 +211,85 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let (id, span) = begin_request(&mut req);
-        // `MatchedPath` is an `Arc<str>` inside: cloning it is a count.
-        let route = req.extensions().get::<MatchedPath>().cloned();
-        let method = method_name(req.method());
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        Box::pin(
-            async move {
-                let start = Instant::now();
-                let guard = InFlight::start(shared.in_flight());
-                let resp = run(&shared, &mut inner, req).await;
-                drop(guard);
-                let resp = resp?;
-                let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-                let h = shared.handles(route, method, resp.status().as_u16());
-                h.requests.increment(1);
-                h.duration.record(start.elapsed().as_secs_f64());
-                Ok(stamp(resp, &id).await)
+        let fin = Finish {
+            // `MatchedPath` is an `Arc<str>` inside: cloning it is a count.
+            route: req.extensions().get::<MatchedPath>().cloned(),
+            method: method_name(req.method()),
+            start: Instant::now(),
+            in_flight: InFlight::start(self.shared.clone()),
+            id,
+        };
+        let entered = span.enter();
+        match check_now(&self.shared, &mut req) {
+            // The common case (no credential lookup, a local limiter): the
+            // service below is called here, so it need not be cloned into
+            // the future.
+            Checked::Pass(ds) => {
+                let call = self.inner.call(req);
+                drop(entered);
+                Box::pin(
+                    async move {
+                        let mut resp = call.await?;
+                        if let Some(limiter) = fin.in_flight.0.limiter.as_deref() {
+                            add_rate_limit_headers(limiter, &ds, &mut resp);
+                        }
+                        Ok(fin.finish(resp).await)
+                    }
+                    .instrument(span),
+                )
             }
-            .instrument(span),
-        )
+            Checked::Refused(resp) => {
+                drop(entered);
+                Box::pin(async move { Ok(fin.finish(resp).await) }.instrument(span))
+            }
+            pending => {
+                drop(entered);
+                let authenticated = matches!(pending, Checked::LimitPending);
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(
+                    async move {
+                        let shared = fin.in_flight.0.clone();
+                        let resp = run(&shared, &mut inner, req, authenticated).await?;
+                        Ok(fin.finish(resp).await)
+                    }
+                    .instrument(span),
+                )
+            }
+        }
     }
 }
 
-/// Authentication, then the rate limit, then the handler — the same steps
-/// (the same functions) as [`crate::http::AuthService`] and
+/// Authentication and the rate limit, as far as they go without waiting.
+fn check_now<B>(shared: &Shared, req: &mut Request<B>) -> Checked {
+    match authenticate_now(&shared.auth, req) {
+        None => return Checked::AuthPending,
+        Some(Err(refusal)) => return Checked::Refused(refusal),
+        Some(Ok(())) => {}
+    }
+    let Some(limiter) = shared.limiter.as_deref() else {
+        return Checked::Pass(Vec::new());
+    };
+    match check_rate_limit_now(limiter, req.method(), req.uri().path(), req.extensions()) {
+        None => Checked::LimitPending,
+        Some(Ok(ds)) => Checked::Pass(ds),
+        Some(Err(refusal)) => Checked::Refused(refusal),
+    }
+}
+
+/// Authentication (unless done), then the rate limit, then the handler —
+/// the same steps (the same functions) as [`crate::http::AuthService`] and
 /// [`crate::http::RateLimitService`].
 async fn run<S, B>(
     shared: &Shared,
     inner: &mut S,
     mut req: Request<B>,
+    authenticated: bool,
 ) -> Result<Response, S::Error>
 where
     S: Service<Request<B>, Response = Response>,
 {
-    if let Err(refusal) = authenticate(&shared.auth, &mut req).await {
+    if !authenticated && let Err(refusal) = authenticate(&shared.auth, &mut req).await {
         return Ok(refusal);
     }
     let Some(limiter) = shared.limiter.as_deref() else {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::authz::{PermissionTable, validate_tenant};
-use crate::cache::TtlCache;
+use crate::cache::{BytesMemo, TtlCache, constant_time_eq};
 use crate::clock::SharedClock;
 use crate::principal::{AuthError, AuthMethod, Principal, TokenVerifier};
 use crate::secret::Secret;
@@ -254,30 +254,32 @@ fn hash_secret(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// API-key authentication and management over an [`ApiKeyStore`].
 pub struct ApiKeys {
     store: Arc<dyn ApiKeyStore>,
     cfg: ApiKeyConfig,
     table: Arc<PermissionTable>,
     clock: SharedClock,
-    /// id → record (`None`: no such key), for `cache_ttl_ms`.
-    cache: TtlCache<String, Option<Arc<ApiKeyRecord>>>,
+    /// id → record (`None`: no such key) and when that lookup expires
+    /// (`cache_ttl_ms` after it was read from the store).
+    cache: TtlCache<String, (Option<Arc<ApiKeyRecord>>, Duration)>,
     /// ids whose `last_used_at` was written recently → when it may be
     /// written again.
     touched: TtlCache<String, Duration>,
-    /// id → the secret that last verified and the principal it gave, for
-    /// `cache_ttl_ms`: a repeated key skips the SHA-256 and the principal
-    /// construction (a constant-time comparison with the remembered secret
-    /// replaces them). Revocation clears it like `cache`.
-    verified: TtlCache<String, Arc<Verified>>,
+    /// The exact token bytes that verified → the principal they gave,
+    /// until the record they were checked against expires from `cache`:
+    /// a repeated key costs one keyed hash of the header's bytes and a
+    /// constant-time comparison, not a parse, two owned ids, two lookups and
+    /// a SHA-256. The entry never outlives the record it was verified
+    /// against, so the revocation bound stays `cache_ttl_ms`; revocation
+    /// through this node drops it at once.
+    verified: BytesMemo<Arc<Verified>>,
+    /// Bumped by every revocation through this node, so a verification
+    /// that read a record before a revocation does not memoize it after.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 struct Verified {
-    secret: String,
     record: Arc<ApiKeyRecord>,
     principal: Principal,
     /// Clock time (µs) until which this key's use is already noted: a
@@ -305,7 +307,8 @@ impl ApiKeys {
             store,
             cache: TtlCache::new(cfg.cache_capacity),
             touched: TtlCache::new(cfg.cache_capacity),
-            verified: TtlCache::new(cfg.cache_capacity),
+            verified: BytesMemo::new(cfg.cache_capacity),
+            generation: 0.into(),
             cfg,
             table,
             clock,
@@ -346,7 +349,7 @@ impl ApiKeys {
         };
         self.store.insert(&record).await?;
         self.cache.remove(&id);
-        self.verified.remove(&id);
+        self.verified.retain(|v| v.record.id != id);
         Ok(CreatedApiKey {
             token: Secret::new(format!("{PREFIX}{id}_{secret}")),
             record,
@@ -357,8 +360,10 @@ impl ApiKeys {
     /// `cache_ttl_ms`.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let found = self.store.revoke(id, self.clock.unix_secs()).await?;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.remove(&id.to_owned());
-        self.verified.remove(&id.to_owned());
+        self.verified.retain(|v| v.record.id != id);
         Ok(found)
     }
 
@@ -366,7 +371,9 @@ impl ApiKeys {
         self.store.list(tenant).await
     }
 
-    async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, AuthError> {
+    /// The record of `id` (`None`: no such key) and when this answer
+    /// expires from the cache.
+    async fn lookup(&self, id: &str) -> Result<(Option<Arc<ApiKeyRecord>>, Duration), AuthError> {
         let now = self.clock.now();
         let key = id.to_owned();
         if let Some(hit) = self.cache.get(&key, now) {
@@ -378,33 +385,44 @@ impl ApiKeys {
             .await
             .map_err(|e| AuthError::Unavailable(e.to_string()))?
             .map(Arc::new);
-        let ttl = Duration::from_millis(self.cfg.cache_ttl_ms);
-        self.cache.insert(key, rec.clone(), now + ttl, now);
-        Ok(rec)
+        let expires = now + Duration::from_millis(self.cfg.cache_ttl_ms);
+        self.cache.insert(key, (rec.clone(), expires), expires, now);
+        Ok((rec, expires))
     }
 
     /// Verifies `wk_<id>_<secret>`.
     pub async fn verify_key(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(answer) = self.verify_memoized(token) {
+            return answer;
+        }
+        self.verify_slow(token, self.clock.now()).await
+    }
+
+    /// [`ApiKeys::verify_key`] for a token that verified recently (its
+    /// exact bytes are in the memo); `None` otherwise.
+    pub fn verify_memoized(&self, token: &str) -> Option<Result<Principal, AuthError>> {
+        let now_t = self.clock.now();
+        let v = self.verified.get(token.as_bytes(), now_t)?;
+        // Exactly the bytes that verified against this record, which is
+        // still the one a lookup would return: only the key's own expiry
+        // can have passed since.
+        if v.record.expires_at.is_some_and(|e| now_t.as_secs() >= e) {
+            return Some(Err(AuthError::KeyExpired));
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        if micros(now_t) >= v.noted_until_us.load(Relaxed) {
+            let until = self.note_use(&v.record.id);
+            v.noted_until_us.store(micros(until), Relaxed);
+        }
+        Some(Ok(v.principal.clone()))
+    }
+
+    async fn verify_slow(&self, token: &str, now_t: Duration) -> Result<Principal, AuthError> {
         let (id, secret) =
             parse_token(token).ok_or_else(|| AuthError::Malformed("not a Weir API key".into()))?;
-        let rec = self.lookup(id).await?.ok_or(AuthError::UnknownApiKey)?;
-        let now_t = self.clock.now();
-        if let Some(v) = self.verified.get(&id.to_owned(), now_t)
-            && Arc::ptr_eq(&v.record, &rec)
-            && constant_time_eq(secret.as_bytes(), v.secret.as_bytes())
-        {
-            // Same record as when it verified (a refreshed or revoked
-            // record is a new Arc), so only the expiry can have changed.
-            if rec.expires_at.is_some_and(|e| self.clock.unix_secs() >= e) {
-                return Err(AuthError::KeyExpired);
-            }
-            use std::sync::atomic::Ordering::Relaxed;
-            if micros(now_t) >= v.noted_until_us.load(Relaxed) {
-                let until = self.note_use(&rec.id);
-                v.noted_until_us.store(micros(until), Relaxed);
-            }
-            return Ok(v.principal.clone());
-        }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let (rec, rec_expires) = self.lookup(id).await?;
+        let rec = rec.ok_or(AuthError::UnknownApiKey)?;
         if !constant_time_eq(hash_secret(secret).as_bytes(), rec.secret_hash.as_bytes()) {
             return Err(AuthError::UnknownApiKey);
         }
@@ -427,16 +445,18 @@ impl ApiKeys {
             expires_at: rec.expires_at,
         };
         self.table.apply(&mut p);
-        let ttl = Duration::from_millis(self.cfg.cache_ttl_ms);
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            // A revocation ran meanwhile: answer, but remember nothing.
+            return Ok(p);
+        }
         self.verified.insert(
-            rec.id.clone(),
+            token.as_bytes(),
             Arc::new(Verified {
-                secret: secret.to_owned(),
                 record: rec.clone(),
                 principal: p.clone(),
                 noted_until_us: micros(noted_until).into(),
             }),
-            now_t + ttl,
+            rec_expires,
             now_t,
         );
         Ok(p)

@@ -19,7 +19,9 @@
 //!   `jwks_min_refetch_secs`, so a flood of made-up `kid`s cannot turn Weir
 //!   into a load generator against the identity provider. A successful fetch
 //!   replaces the set: a key the provider withdrew stops working at once.
-//! * **Verified-token cache:** keyed by SHA-256 of the token, bounded, each
+//! * **Verified-token cache:** keyed by the token's exact bytes (a keyed
+//!   hash finds the entry, a constant-time comparison confirms it: no
+//!   SHA-256 per request), bounded, each
 //!   entry expiring at the token's `exp` (and at most
 //!   `token_cache_max_ttl_secs` after it was verified, so a withdrawn key's
 //!   tokens drop out of the cache soon), so signature checks do not dominate
@@ -38,10 +40,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::authz::{PermissionTable, validate_tenant};
-use crate::cache::TtlCache;
+use crate::cache::BytesMemo;
 use crate::clock::SharedClock;
 use crate::principal::{AuthError, AuthMethod, Principal, TokenVerifier};
 use crate::secret::{self, Secret};
@@ -348,7 +349,7 @@ pub struct JwtVerifier {
     table: Arc<PermissionTable>,
     default_tenant: String,
     clock: SharedClock,
-    cache: TtlCache<[u8; 32], Principal>,
+    cache: BytesMemo<Principal>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -420,7 +421,7 @@ impl JwtVerifier {
             return Err(JwtConfigError::NoKeys);
         }
         Ok(JwtVerifier {
-            cache: TtlCache::new(cfg.token_cache_capacity),
+            cache: BytesMemo::new(cfg.token_cache_capacity),
             cfg,
             hs256,
             jwks,
@@ -455,11 +456,16 @@ impl JwtVerifier {
         self.cache.len()
     }
 
+    /// The principal of a token verified recently (still in the cache);
+    /// `None` otherwise.
+    pub fn verify_memoized(&self, token: &str) -> Option<Principal> {
+        self.cache.get(token.as_bytes(), self.clock.now())
+    }
+
     /// Verifies a compact JWS and returns its principal.
     pub async fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
         let now = self.clock.now();
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(p) = self.cache.get(&digest, now) {
+        if let Some(p) = self.cache.get(token.as_bytes(), now) {
             return Ok(p);
         }
         let alg_name = header_alg(token)?;
@@ -491,7 +497,8 @@ impl JwtVerifier {
 
         let max = now + Duration::from_secs(self.cfg.token_cache_max_ttl_secs);
         let until = exp.map_or(max, |e| Duration::from_secs(e).min(max));
-        self.cache.insert(digest, principal.clone(), until, now);
+        self.cache
+            .insert(token.as_bytes(), principal.clone(), until, now);
         Ok(principal)
     }
 

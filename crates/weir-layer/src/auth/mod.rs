@@ -182,6 +182,29 @@ impl Authenticator {
             None => Err(AuthError::Missing),
         }
     }
+
+    /// [`Authenticator::authenticate`] when it needs no waiting: mode
+    /// `none`, no or malformed credentials, or a credential that verified
+    /// recently (the API-key and JWT memos). `None`: the credential needs
+    /// a store or JWKS lookup — call `authenticate`.
+    pub fn authenticate_now(&self, h: &http::HeaderMap) -> Option<Result<Principal, AuthError>> {
+        if self.mode == AuthMode::None {
+            return Some(Ok(self.anonymous.clone()));
+        }
+        match credential(h) {
+            Err(e) => Some(Err(e)),
+            Ok(None) if self.mode == AuthMode::Optional => Some(Ok(self.anonymous.clone())),
+            Ok(None) => Some(Err(AuthError::Missing)),
+            Ok(Some(token)) if token.starts_with(apikey::PREFIX) => match &self.api_keys {
+                Some(k) => k.verify_memoized(token),
+                None => Some(Err(AuthError::MethodDisabled)),
+            },
+            Ok(Some(token)) => match &self.jwt {
+                Some(j) => j.verify_memoized(token).map(Ok),
+                None => Some(Err(AuthError::MethodDisabled)),
+            },
+        }
+    }
 }
 
 #[async_trait::async_trait]

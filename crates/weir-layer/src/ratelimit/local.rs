@@ -19,7 +19,8 @@
 //! middleware state, and its arithmetic would differ from the Redis script's.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, DefaultHasher, RandomState};
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher, RandomState};
 
 use parking_lot::Mutex;
 
@@ -31,9 +32,13 @@ const SHARDS: usize = 64;
 /// Per-entry bytes of a `HashMap<u128, u64>` slot (key, value, control byte).
 const ENTRY_BYTES: usize = 16 + 8 + 1;
 
+/// A shard: keyed-hash → TAT. The keys already are keyed SipHash values,
+/// so the map uses them as they are instead of hashing them a third time.
+type Shard = HashMap<u128, u64, BuildHasherDefault<Prehashed>>;
+
 #[derive(Debug)]
 pub struct LocalBackend {
-    shards: Vec<Mutex<HashMap<u128, u64>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     hashers: (RandomState, RandomState),
     clock: SharedClock,
@@ -45,7 +50,12 @@ impl LocalBackend {
         let per_shard = max_keys.div_ceil(SHARDS).max(1);
         LocalBackend {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_capacity(per_shard.min(1024))))
+                .map(|_| {
+                    Mutex::new(Shard::with_capacity_and_hasher(
+                        per_shard.min(1024),
+                        Default::default(),
+                    ))
+                })
                 .collect(),
             per_shard,
             hashers: (RandomState::new(), RandomState::new()),
@@ -84,15 +94,30 @@ impl LocalBackend {
     ) -> Decision {
         let h = self.hash_fed(feed);
         let now = self.now_us();
-        let mut shard = self.shards[(h as usize) % SHARDS].lock();
-        let (decision, new_tat) = gcra::check(shard.get(&h).copied(), now, limit, cost);
-        if let Some(t) = new_tat {
-            if !shard.contains_key(&h) && shard.len() >= self.per_shard {
-                evict(&mut shard, now, self.per_shard);
+        // The shard by the high half, the map's buckets by the low one.
+        let mut shard = self.shards[((h >> 64) as usize) % SHARDS].lock();
+        let full = shard.len() >= self.per_shard;
+        match shard.entry(h) {
+            Entry::Occupied(mut e) => {
+                let (decision, new_tat) = gcra::check(Some(*e.get()), now, limit, cost);
+                if let Some(t) = new_tat {
+                    e.insert(t);
+                }
+                decision
             }
-            shard.insert(h, t);
+            Entry::Vacant(e) => {
+                let (decision, new_tat) = gcra::check(None, now, limit, cost);
+                if let Some(t) = new_tat {
+                    if full {
+                        evict(&mut shard, now, self.per_shard);
+                        shard.insert(h, t);
+                    } else {
+                        e.insert(t);
+                    }
+                }
+                decision
+            }
         }
-        decision
     }
 
     /// Drops every replenished key; returns how many went.
@@ -136,7 +161,26 @@ impl LocalBackend {
     }
 }
 
-fn evict(shard: &mut HashMap<u128, u64>, now: u64, per_shard: usize) {
+/// The identity hash of a key that already is a keyed 128-bit hash.
+#[derive(Clone, Copy, Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        // Low half: independent of the shard choice (the high half).
+        self.0 = v as u64;
+    }
+}
+
+fn evict(shard: &mut Shard, now: u64, per_shard: usize) {
     shard.retain(|_, tat| *tat > now);
     if shard.len() < per_shard {
         return;

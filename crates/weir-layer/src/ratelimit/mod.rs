@@ -204,8 +204,9 @@ pub struct RequestInfo<'a> {
 /// One applied policy and its decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyDecision {
-    /// `"{rule}.{plan}"`.
-    pub policy: String,
+    /// `"{rule}.{plan}"` (shared with the limiter's preformatted policy:
+    /// a decision costs no allocation for its name).
+    pub policy: Arc<str>,
     pub limit: Limit,
     pub decision: Decision,
 }
@@ -238,7 +239,7 @@ pub struct LimiterHealth {
 #[derive(Debug)]
 struct Policy {
     /// `"{rule}.{plan}"`.
-    name: String,
+    name: Arc<str>,
     /// Its `RateLimit-Policy` item.
     item: String,
     /// `RateLimit-Policy` when it is the only applied policy.
@@ -255,7 +256,7 @@ impl Policy {
         Policy {
             header: http::HeaderValue::from_str(&item).ok(),
             ratelimit_prefix: format!("\"{name}\";r="),
-            name,
+            name: name.into(),
             item,
             limit: *limit,
         }
@@ -269,7 +270,7 @@ pub struct RateLimiter {
     policies: Vec<BTreeMap<String, Arc<Policy>>>,
     /// Every policy by name, for the response headers (foldhash: short
     /// keys from the operator's config, no need for SipHash).
-    by_name: foldhash::HashMap<String, Arc<Policy>>,
+    by_name: foldhash::HashMap<Arc<str>, Arc<Policy>>,
     local: Arc<local::LocalBackend>,
     #[cfg(feature = "redis")]
     redis: Option<redis::RedisBackend>,
@@ -414,27 +415,12 @@ impl RateLimiter {
 
     /// Checks every matching rule.
     pub async fn check(&self, req: RequestInfo<'_>) -> Verdict {
-        if !self.cfg.enabled {
-            return Verdict::Allowed(Vec::new());
+        if let Some(v) = self.check_now(req) {
+            return v;
         }
-        let plan = self.plan_of(req.principal);
         let mut out = Vec::new();
         let mut limited = false;
-        for (rule, policies) in self.cfg.rules.iter().zip(&self.policies) {
-            if !rule.methods.is_empty()
-                && !rule
-                    .methods
-                    .iter()
-                    .any(|m| m.eq_ignore_ascii_case(req.method.as_str()))
-            {
-                continue;
-            }
-            if !req.path.starts_with(&rule.path_prefix) {
-                continue;
-            }
-            let (Some(limit), Some(pol)) = (rule.limits.get(plan), policies.get(plan)) else {
-                continue;
-            };
+        for (rule, limit, pol) in self.applicable(&req) {
             let key = RuleKey {
                 rule: &rule.name,
                 key: key_of(rule.key, &req),
@@ -443,23 +429,69 @@ impl RateLimiter {
                 Some(d) => d,
                 None => return Verdict::Unavailable,
             };
-            let policy = pol.name.clone();
-            if !decision.allowed {
-                limited = true;
-                metrics::counter!(names::RATELIMIT_REJECTIONS, "policy" => policy.clone())
-                    .increment(1);
-            }
-            out.push(PolicyDecision {
-                policy,
-                limit: *limit,
-                decision,
-            });
+            limited |= record(&mut out, pol, limit, decision);
         }
         if limited {
             Verdict::Limited(out)
         } else {
             Verdict::Allowed(out)
         }
+    }
+
+    /// [`RateLimiter::check`] when it needs no waiting: the limiter is
+    /// off, or its state is local (no Redis backend). `None`: call `check`.
+    pub fn check_now(&self, req: RequestInfo<'_>) -> Option<Verdict> {
+        if !self.cfg.enabled {
+            return Some(Verdict::Allowed(Vec::new()));
+        }
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut limited = false;
+        for (rule, limit, pol) in self.applicable(&req) {
+            let key = RuleKey {
+                rule: &rule.name,
+                key: key_of(rule.key, &req),
+            };
+            let decision = self.local.check_with(|h| key.feed(h), limit, rule.cost);
+            limited |= record(&mut out, pol, limit, decision);
+        }
+        Some(if limited {
+            Verdict::Limited(out)
+        } else {
+            Verdict::Allowed(out)
+        })
+    }
+
+    /// The rules that apply to a request, with the limit and policy of its
+    /// plan.
+    fn applicable<'a>(
+        &'a self,
+        req: &RequestInfo<'a>,
+    ) -> impl Iterator<Item = (&'a Rule, &'a Limit, &'a Arc<Policy>)> + 'a {
+        let plan = self.plan_of(req.principal);
+        let (method, path) = (req.method, req.path);
+        self.cfg
+            .rules
+            .iter()
+            .zip(&self.policies)
+            .filter_map(move |(rule, policies)| {
+                if !rule.methods.is_empty()
+                    && !rule
+                        .methods
+                        .iter()
+                        .any(|m| m.eq_ignore_ascii_case(method.as_str()))
+                {
+                    return None;
+                }
+                if !path.starts_with(&rule.path_prefix) {
+                    return None;
+                }
+                let pol = policies.get(plan)?;
+                Some((rule, &pol.limit, pol))
+            })
     }
 
     /// One key against one limit; `None` means "refuse: backend down, fail closed".
@@ -545,6 +577,21 @@ impl RateLimiter {
         };
         (ratelimit, policy_value)
     }
+}
+
+/// Adds one policy's decision; whether it refused (counted).
+fn record(out: &mut Vec<PolicyDecision>, pol: &Policy, limit: &Limit, d: Decision) -> bool {
+    let refused = !d.allowed;
+    if refused {
+        metrics::counter!(names::RATELIMIT_REJECTIONS, "policy" => pol.name.to_string())
+            .increment(1);
+    }
+    out.push(PolicyDecision {
+        policy: pol.name.clone(),
+        limit: *limit,
+        decision: d,
+    });
+    refused
 }
 
 /// A rule's limiter key: `{rule}:{key}` — formatted only for Redis; the
@@ -702,7 +749,7 @@ pub fn limited_problem(ds: &[PolicyDecision]) -> Problem {
     let violated: Vec<&str> = ds
         .iter()
         .filter(|d| !d.decision.allowed)
-        .map(|d| d.policy.as_str())
+        .map(|d| &*d.policy)
         .collect();
     let wait = ds
         .iter()
@@ -851,7 +898,7 @@ mod tests {
             panic!()
         };
         assert_eq!(ds.len(), 1);
-        assert_eq!(ds[0].policy, "global.default");
+        assert_eq!(&*ds[0].policy, "global.default");
         assert_eq!(ds[0].decision.remaining, 0);
 
         // The pro plan of tenant big has its own, larger limit.

@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use tower::ServiceBuilder;
 use weir_storage::Storage;
@@ -97,6 +96,7 @@ impl AppState {
             }),
         }
     }
+
     /// The same server — storage, subscription engine, shutdown signal,
     /// and the load-shedding budgets unless `[limits]` changed them — with
     /// new settings and production layer: what a configuration reload
@@ -130,7 +130,6 @@ impl AppState {
         }
     }
 
-
     /// Whether streams are scoped per tenant: when the production layer
     /// authenticates callers, every stream lives under its principal's
     /// tenant (`{tenant}/{name}` in storage) and other tenants' streams are
@@ -163,31 +162,6 @@ impl AppState {
         let mut rx = self.closing.subscribe();
         let _ = rx.wait_for(|c| *c).await;
     }
-}
-
-/// Whether a response is worth compressing: text-like bodies of 1 KiB or
-/// more. Binary streams are left alone (usually incompressible, and
-/// catch-up reads of them should run at disk/network speed), and so is SSE
-/// (a compressor would buffer events).
-fn compressible(
-    _: http::StatusCode,
-    _: http::Version,
-    h: &http::HeaderMap,
-    _: &http::Extensions,
-) -> bool {
-    let text = h
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.to_ascii_lowercase();
-            (ct.starts_with("text/") && !ct.starts_with("text/event-stream")) || ct.contains("json")
-        });
-    let big = h
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_none_or(|n| n >= 1024);
-    text && big
 }
 
 /// The application router.
@@ -226,16 +200,11 @@ pub fn router(state: AppState) -> Router {
     let production = state.layer.as_ref().map(|l| {
         weir_layer::stack::ProductionLayer::new(l.authenticator.clone(), Some(l.limiter.clone()))
     });
-    // Compression changes the body type; mapping it back to axum's lets
-    // both arms of the optional layer have one response type.
-    let compression = state.config.compression.then(|| {
-        ServiceBuilder::new()
-            .map_response(IntoResponse::into_response as fn(_) -> Response)
-            .layer(tower_http::compression::CompressionLayer::new().compress_when(compressible))
-    });
+    // Compression (text-like bodies of 1 KiB or more) only for requests
+    // that accept an encoding; see `security::CompressionLayer`.
     let stack = ServiceBuilder::new()
         .layer(security::SecurityHeadersLayer)
-        .option_layer(compression)
+        .layer(security::CompressionLayer::new(state.config.compression))
         .option_layer(production)
         .layer(limits::ShedLayer::new(state.clone()))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes));

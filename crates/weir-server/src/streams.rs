@@ -27,6 +27,15 @@ pub(crate) fn tenant_of(
     req: &Request,
     needed: weir_layer::Permission,
 ) -> Result<Option<String>, Box<Response>> {
+    Ok(tenant_in(st, req, needed)?.map(str::to_owned))
+}
+
+/// [`tenant_of`], borrowed from the request's principal (no copy).
+pub(crate) fn tenant_in<'r>(
+    st: &AppState,
+    req: &'r Request,
+    needed: weir_layer::Permission,
+) -> Result<Option<&'r str>, Box<Response>> {
     if !st.tenancy() {
         return Ok(None);
     }
@@ -61,7 +70,7 @@ pub(crate) fn tenant_of(
         }
     }
     weir_layer::require(p, needed).map_err(|e| Box::new(e.into_response()))?;
-    Ok(Some(p.tenant.clone()))
+    Ok(Some(p.tenant.as_str()))
 }
 
 /// The tenant named by a `/t/{tenant}/…` URL (`authz.tenant_source =
@@ -112,10 +121,14 @@ pub(crate) fn scoped(tenant: Option<&str>, path: &str) -> Result<StreamName, Api
     // Validate the client's part (so `__ds` stays reserved) and the whole.
     let own = StreamName::new(path)
         .map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))?;
-    let full = match tenant {
-        Some(t) => weir_layer::authz::scoped_name(t, path),
-        None => return Ok(own),
+    let Some(t) = tenant else {
+        return Ok(own);
     };
+    // `authz::scoped_name`, without the formatting machinery.
+    let mut full = String::with_capacity(t.len() + 1 + path.len());
+    full.push_str(t);
+    full.push('/');
+    full.push_str(path);
     StreamName::new(&full).map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))
 }
 
@@ -130,13 +143,22 @@ pub async fn dispatch(
         // permission each route needs are checked there).
         return crate::subscriptions::dispatch(st, &path, req).await;
     }
-    let tenant = match tenant_of(&st, &req, weir_layer::Permission::for_method(req.method())) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    let name = match scoped(tenant.as_deref(), &path) {
-        Ok(n) => n,
-        Err(e) => return e.into_response(),
+    // The tenant is borrowed from the principal; only a create keeps a
+    // copy (the request moves into the handler).
+    let (tenant, name) = {
+        let tenant = match tenant_in(&st, &req, weir_layer::Permission::for_method(req.method())) {
+            Ok(t) => t,
+            Err(r) => return *r,
+        };
+        match scoped(tenant, &path) {
+            Ok(n) => (
+                tenant
+                    .filter(|_| req.method() == Method::PUT)
+                    .map(str::to_owned),
+                n,
+            ),
+            Err(e) => return e.into_response(),
+        }
     };
     let result = match *req.method() {
         Method::PUT => create(&st, name, tenant.as_deref(), req).await,

@@ -7,6 +7,7 @@
 //! targets assume.
 
 mod overhead;
+mod profile;
 mod raw;
 mod servers;
 mod workloads;
@@ -57,6 +58,9 @@ enum Cmd {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Instructions per append (callgrind) with the layer off, default and
+    /// full: reproducible where wall-clock runs on a shared machine are not.
+    Profile(profile::ProfileArgs),
     /// Start Weir and the Node reference server(s), run the same workloads
     /// against each, print ratios.
     Compare {
@@ -100,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             } => {
                 overhead::run(weir_bin.as_deref(), rounds, &settings).await?;
             }
+            Cmd::Profile(args) => profile::run(&args).await?,
             Cmd::Restart { weir_bin, streams } => {
                 workloads::restart(weir_bin.as_deref(), streams).await?;
             }

@@ -34,7 +34,7 @@ key = "auto"
 limits.default = { requests = 100000000, window_secs = 1, burst = 100000000 }
 "#;
 
-async fn create_key(weir: &Path, db: &Path) -> anyhow::Result<String> {
+pub(crate) async fn create_key(weir: &Path, db: &Path) -> anyhow::Result<String> {
     let out = tokio::process::Command::new(weir)
         .args(["keys", "create", "--tenant", "bench", "--subject", "bench"])
         .args(["--roles", "manager", "--db"])
@@ -55,6 +55,11 @@ async fn create_key(weir: &Path, db: &Path) -> anyhow::Result<String> {
         .context("no token in the output of weir keys create")
 }
 
+/// The layer-on configuration with its key database at `db`.
+pub(crate) fn on_toml(db: &Path) -> String {
+    ON_TOML.replace("@DB@", &db.display().to_string())
+}
+
 /// Reads one figure of a run.
 type Getter = fn(&AppendRun) -> f64;
 
@@ -71,7 +76,7 @@ pub async fn run(weir_bin: Option<&Path>, rounds: usize, s: &Settings) -> anyhow
     let off_cfg = dir.path().join("off.toml");
     let on_cfg = dir.path().join("on.toml");
     std::fs::write(&off_cfg, "[server]\nproduction_layer = false\n")?;
-    std::fs::write(&on_cfg, ON_TOML.replace("@DB@", &db.display().to_string()))?;
+    std::fs::write(&on_cfg, on_toml(&db))?;
     let args = |cfg: &Path, data: &str| -> Vec<OsString> {
         vec![
             "--config".into(),

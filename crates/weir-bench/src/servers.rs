@@ -145,10 +145,21 @@ impl Spawned {
         Spawned::launch(cmd, &kind.to_string(), dir).await
     }
 
-    async fn launch(
+    /// Runs `cmd` (which must print `listening on URL`), waiting up to
+    /// `startup` for it to listen (a server under valgrind starts slowly).
+    pub async fn command(cmd: Command, kind: &str, startup: Duration) -> anyhow::Result<Spawned> {
+        Spawned::launch_within(cmd, kind, tempfile::tempdir()?, startup).await
+    }
+
+    async fn launch(cmd: Command, kind: &str, dir: tempfile::TempDir) -> anyhow::Result<Spawned> {
+        Spawned::launch_within(cmd, kind, dir, Duration::from_secs(30)).await
+    }
+
+    async fn launch_within(
         mut cmd: Command,
         kind: &str,
         dir: tempfile::TempDir,
+        startup: Duration,
     ) -> anyhow::Result<Spawned> {
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -159,7 +170,7 @@ impl Spawned {
         let pid = child.id().context("child has no pid")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
+        let url = tokio::time::timeout(startup, async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(u) = line.strip_prefix("listening on ") {
                     return Ok(u.trim().to_owned());
@@ -168,7 +179,7 @@ impl Spawned {
             bail!("{kind} exited before listening")
         })
         .await
-        .with_context(|| format!("{kind} did not start within 30 s"))??;
+        .with_context(|| format!("{kind} did not start within {startup:?}"))??;
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Spawned {
@@ -179,13 +190,18 @@ impl Spawned {
         })
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_within(Duration::from_secs(10)).await;
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub async fn stop_within(mut self, grace: Duration) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid.to_string())
             .status()
             .await;
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        if tokio::time::timeout(grace, self.child.wait())
             .await
             .is_err()
         {

@@ -66,20 +66,24 @@ impl CallHandler for Base {
         let transport = self.transport.clone();
         let default_timeout = self.default_timeout;
         Box::pin(async move {
-            if call.ctx.is_expired() {
-                return Err(ServiceError::DeadlineExceeded);
-            }
+            // One clock read for the expiry check and the budget sent on.
+            let now = Instant::now();
+            let remaining = match call.ctx.deadline() {
+                Some(d) if d <= now => return Err(ServiceError::DeadlineExceeded),
+                Some(d) => d - now,
+                None => default_timeout,
+            };
             let mut hm = call.headers.unwrap_or_default();
-            let timeout = call.ctx.write_headers(&mut hm, default_timeout);
+            call.ctx.write_headers_with(&mut hm, remaining);
             if call.idempotent {
                 hm.insert(h::names::IDEMPOTENT, "1");
             }
             let reply = transport
-                .request(
-                    String::from(&*call.subject),
+                .request_to(
+                    async_nats::Subject::from(&*call.subject),
                     Some(hm),
                     call.payload,
-                    timeout,
+                    remaining,
                 )
                 .await
                 .map_err(|e| match e {

@@ -103,24 +103,40 @@ impl Ctx {
     /// The context of an incoming message: deadline from
     /// `Weir-Deadline-Ms`, trace from `traceparent`, correlation id, token.
     pub fn from_headers(headers: Option<&HeaderMap>) -> Ctx {
+        Ctx::from_headers_at(headers, Instant::now())
+    }
+
+    /// [`Ctx::from_headers`] with the local deadline counted from `now`.
+    ///
+    /// One pass over the headers the message carries (usually three or
+    /// four) instead of a hashed lookup per header Weir knows: the lookups
+    /// hashed each name with SipHash, which cost more than the parsing.
+    pub fn from_headers_at(headers: Option<&HeaderMap>, now: Instant) -> Ctx {
+        let mut ctx = Ctx::new();
         let Some(hm) = headers else {
-            return Ctx::new();
+            return ctx;
         };
-        let get = |name: async_nats::header::HeaderName| hm.get(name).map(|v| v.as_str());
-        let deadline = get(h::DEADLINE_MS)
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
-        let token = get(h::AUTHORIZATION)
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| Arc::<str>::from(t.trim()));
-        Ctx {
-            deadline,
-            trace: get(h::TRACEPARENT).and_then(TraceContext::parse),
-            correlation_id: get(h::CORRELATION_ID).map(Arc::from),
-            token,
-            tenant: get(h::TENANT).map(Arc::from),
-            principal: None,
+        // The first value of each header, as `HeaderMap::get` returns it.
+        for (name, values) in hm.iter() {
+            let Some(v) = values.first() else { continue };
+            let v = v.as_str();
+            match AsRef::<str>::as_ref(name) {
+                crate::headers::DEADLINE_MS => {
+                    ctx.deadline = v
+                        .parse::<u64>()
+                        .ok()
+                        .map(|ms| now + Duration::from_millis(ms));
+                }
+                crate::headers::TRACEPARENT => ctx.trace = TraceContext::parse(v),
+                crate::headers::CORRELATION_ID => ctx.correlation_id = Some(Arc::from(v)),
+                crate::headers::AUTHORIZATION => {
+                    ctx.token = v.strip_prefix("Bearer ").map(|t| Arc::from(t.trim()));
+                }
+                crate::headers::TENANT => ctx.tenant = Some(Arc::from(v)),
+                _ => {}
+            }
         }
+        ctx
     }
 
     /// Writes the outgoing headers of a call made under this context: the
@@ -128,27 +144,33 @@ impl Ctx {
     /// the correlation id (the trace id if none), token and tenant.
     pub fn write_headers(&self, hm: &mut HeaderMap, default_timeout: Duration) -> Duration {
         let remaining = self.remaining().unwrap_or(default_timeout);
+        self.write_headers_with(hm, remaining);
+        remaining
+    }
+
+    /// [`Ctx::write_headers`] with the time budget already computed (the
+    /// client reads the clock once per call for the expiry check and this).
+    pub(crate) fn write_headers_with(&self, hm: &mut HeaderMap, remaining: Duration) {
         let ms = u64::try_from(remaining.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        hm.insert(h::DEADLINE_MS, ms.to_string());
+        hm.insert(h::DEADLINE_MS, decimal(ms));
         let trace = match &self.trace {
             Some(t) => t.child(),
             None => TraceContext::root(),
         };
-        let traceparent = trace.to_header();
         // Without a correlation id of its own, the call is correlated by its
-        // trace id: characters 3..35 of the traceparent just written.
+        // trace id (the hex written into the traceparent).
         match &self.correlation_id {
             Some(c) => hm.insert(h::CORRELATION_ID, &**c),
-            None => hm.insert(
-                h::CORRELATION_ID,
-                traceparent.get(3..35).unwrap_or_default(),
-            ),
+            None => hm.insert(h::CORRELATION_ID, trace.trace_id_hex()),
         }
-        hm.insert(h::TRACEPARENT, traceparent);
+        hm.insert(h::TRACEPARENT, trace.to_header());
         if let Some(t) = &self.token {
-            hm.insert(h::AUTHORIZATION, format!("Bearer {t}"));
+            let mut v = String::with_capacity(7 + t.len());
+            v.push_str("Bearer ");
+            v.push_str(t);
+            hm.insert(h::AUTHORIZATION, v);
         }
         if let Some(t) = &self.tenant {
             hm.insert(h::TENANT, &**t);
@@ -156,8 +178,22 @@ impl Ctx {
         if let Some(p) = &self.principal {
             hm.insert(h::PRINCIPAL, p.subject.as_str());
         }
-        remaining
     }
+}
+
+/// `v` in decimal, without the formatting machinery (every call writes one).
+fn decimal(mut v: u64) -> String {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    buf[i..].iter().map(|&b| char::from(b)).collect()
 }
 
 /// W3C trace context (`traceparent` version 00).

@@ -597,11 +597,10 @@ async fn handle_request(
         return;
     };
     let start = std::time::Instant::now();
-    let ctx = Ctx::from_headers(msg.headers.as_ref());
-    let deadline = ctx
-        .deadline()
-        .unwrap_or_else(|| tokio::time::Instant::now() + max_time);
-    let result = if ctx.is_expired() {
+    let now = tokio::time::Instant::now();
+    let ctx = Ctx::from_headers_at(msg.headers.as_ref(), now);
+    let deadline = ctx.deadline().unwrap_or(now + max_time);
+    let result = if deadline <= now {
         Err(deadline_problem())
     } else {
         let fut = handler.call(Request {
@@ -610,9 +609,16 @@ async fn handle_request(
             payload: msg.payload,
             ctx,
         });
-        // Dropping the future when the deadline passes is the cancellation:
-        // the handler stops at its next await point.
-        match tokio::time::timeout_at(deadline, AssertUnwindSafe(fut).catch_unwind()).await {
+        let mut fut = AssertUnwindSafe(fut).catch_unwind();
+        // A handler that is ready at its first poll needs no timer: the
+        // deadline was checked above and it never waited. Otherwise dropping
+        // the future when the deadline passes is the cancellation: the
+        // handler stops at its next await point.
+        let outcome = match futures::poll!(&mut fut) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout_at(deadline, fut).await,
+        };
+        match outcome {
             Ok(Ok(r)) => r,
             Ok(Err(_panic)) => {
                 tracing::error!(endpoint = %stats.info.subject, "handler panicked");
@@ -644,7 +650,7 @@ async fn handle_request(
     };
     match inner
         .transport
-        .publish(reply_to.as_str().to_owned(), None, headers, payload)
+        .reply(reply_to.clone(), headers, payload)
         .await
     {
         Ok(()) => {}
@@ -654,10 +660,7 @@ async fn handle_request(
                 format!("the reply of {size} bytes exceeds max_payload {max}"),
             );
             let (h, b) = error_message(&p);
-            let _ = inner
-                .transport
-                .publish(reply_to.as_str().to_owned(), None, h, b)
-                .await;
+            let _ = inner.transport.reply(reply_to, h, b).await;
         }
         Err(e) => tracing::warn!(error = %e, "cannot send reply"),
     }

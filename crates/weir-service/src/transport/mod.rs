@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::Stream;
 use futures::future::BoxFuture;
@@ -95,6 +95,31 @@ pub trait Transport: Send + Sync + 'static {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, TransportError>;
+
+    /// [`Transport::request`] to a subject already in async-nats form: the
+    /// client's per-call path, where NATS takes the subject without another
+    /// copy.
+    async fn request_to(
+        &self,
+        subject: Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, TransportError> {
+        self.request(subject.into_string(), headers, payload, timeout)
+            .await
+    }
+
+    /// Publishes a reply to `to` (a received message's reply subject),
+    /// without copying the subject on NATS.
+    async fn reply(
+        &self,
+        to: Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        self.publish(to.into_string(), None, headers, payload).await
+    }
 
     /// Subscribes; with `queue`, each message goes to one member of the group.
     async fn subscribe(

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_nats::{Client, HeaderMap, RequestErrorKind};
+use async_nats::{Client, HeaderMap, RequestErrorKind, Subject};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
@@ -226,6 +226,14 @@ fn conn_err(e: impl std::fmt::Display) -> TransportError {
     TransportError::Connection(e.to_string())
 }
 
+fn request_err(e: async_nats::RequestError) -> TransportError {
+    match e.kind() {
+        RequestErrorKind::TimedOut => TransportError::TimedOut,
+        RequestErrorKind::NoResponders => TransportError::NoResponders,
+        RequestErrorKind::Other => conn_err(e),
+    }
+}
+
 #[async_trait::async_trait]
 impl Transport for NatsTransport {
     async fn publish(
@@ -237,13 +245,20 @@ impl Transport for NatsTransport {
     ) -> Result<(), TransportError> {
         self.max_payload
             .check(&self.client, headers.as_ref(), &payload)?;
+        // `String` subjects would be copied again by async-nats; as
+        // `Subject`s they are moved.
+        let subject = Subject::from(subject);
         let r = match (reply, headers) {
             (None, None) => self.client.publish(subject, payload).await,
             (None, Some(h)) => self.client.publish_with_headers(subject, h, payload).await,
-            (Some(r), None) => self.client.publish_with_reply(subject, r, payload).await,
+            (Some(r), None) => {
+                self.client
+                    .publish_with_reply(subject, Subject::from(r), payload)
+                    .await
+            }
             (Some(r), Some(h)) => {
                 self.client
-                    .publish_with_reply_and_headers(subject, r, h, payload)
+                    .publish_with_reply_and_headers(subject, Subject::from(r), h, payload)
                     .await
             }
         };
@@ -266,13 +281,45 @@ impl Transport for NatsTransport {
             req = req.headers(h);
         }
         self.client
+            .send_request(Subject::from(subject), req)
+            .await
+            .map_err(request_err)
+    }
+
+    async fn request_to(
+        &self,
+        subject: Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, TransportError> {
+        self.max_payload
+            .check(&self.client, headers.as_ref(), &payload)?;
+        let mut req = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        if let Some(h) = headers {
+            req = req.headers(h);
+        }
+        self.client
             .send_request(subject, req)
             .await
-            .map_err(|e| match e.kind() {
-                RequestErrorKind::TimedOut => TransportError::TimedOut,
-                RequestErrorKind::NoResponders => TransportError::NoResponders,
-                RequestErrorKind::Other => conn_err(e),
-            })
+            .map_err(request_err)
+    }
+
+    async fn reply(
+        &self,
+        to: Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        self.max_payload
+            .check(&self.client, headers.as_ref(), &payload)?;
+        match headers {
+            None => self.client.publish(to, payload).await,
+            Some(h) => self.client.publish_with_headers(to, h, payload).await,
+        }
+        .map_err(conn_err)
     }
 
     async fn subscribe(

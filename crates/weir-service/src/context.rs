@@ -225,7 +225,20 @@ impl TraceContext {
 
     /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
     pub fn parse(s: &str) -> Option<TraceContext> {
-        let mut it = s.trim().split('-');
+        let s = s.trim();
+        // The usual form (version 00, 55 bytes) by position, without the
+        // splitting iterator; anything else takes the general path below.
+        if let (55, Some(b'-'), Some(b'-'), Some(b'-')) = (
+            s.len(),
+            s.as_bytes().get(2),
+            s.as_bytes().get(35),
+            s.as_bytes().get(52),
+        ) && let (Some(t), Some(p), Some(f)) = (s.get(3..35), s.get(36..52), s.get(53..55))
+            && s.starts_with("00-")
+        {
+            return TraceContext::from_parts(t, p, f);
+        }
+        let mut it = s.split('-');
         let (v, t, p, f) = (it.next()?, it.next()?, it.next()?, it.next()?);
         if v.len() != 2 || v == "ff" || t.len() != 32 || p.len() != 16 || f.len() != 2 {
             return None;
@@ -233,6 +246,11 @@ impl TraceContext {
         if v == "00" && it.next().is_some() {
             return None;
         }
+        TraceContext::from_parts(t, p, f)
+    }
+
+    /// The trace id, parent id and flags fields, already split.
+    fn from_parts(t: &str, p: &str, f: &str) -> Option<TraceContext> {
         let trace_id = parse_hex(t)?;
         let parent_id = u64::try_from(parse_hex(p)?).ok()?;
         let flags = u8::try_from(parse_hex(f)?).ok()?;
@@ -283,13 +301,18 @@ fn parse_hex(s: &str) -> Option<u128> {
     })
 }
 
-/// Appends the low `digits` nibbles of `v` as lower-case hex, zero-padded.
+/// Appends the low `digits` (at most 32) nibbles of `v` as lower-case hex,
+/// zero-padded. Digits go into a byte buffer first: pushing them one `char`
+/// at a time encoded each as UTF-8.
 fn push_hex(s: &mut String, v: u128, digits: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        let nibble = (v >> (i * 4)) & 0xf;
-        s.push(char::from(HEX[nibble as usize]));
+    let mut buf = [0u8; 32];
+    let n = digits.min(32) as usize;
+    for (i, b) in buf.iter_mut().take(n).enumerate() {
+        let shift = (n - 1 - i) * 4;
+        *b = HEX[((v >> shift) & 0xf) as usize];
     }
+    s.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -313,6 +336,23 @@ mod tests {
         );
         assert!(
             TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01")
+                .is_none()
+        );
+        // Version 00 takes no extra fields; other versions may add some.
+        assert!(
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .is_none()
+        );
+        assert!(
+            TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .is_some()
+        );
+        assert!(
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa-ba902b7-01")
+                .is_none()
+        );
+        assert!(
+            TraceContext::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")
                 .is_none()
         );
         let ok =

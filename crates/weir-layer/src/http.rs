@@ -300,6 +300,10 @@ pub(crate) fn authenticate_now<B>(
     let skip = req.method() == http::Method::OPTIONS || auth.is_public(req.uri().path());
     let result = if skip {
         Ok(auth.anonymous().clone())
+    } else if auth.is_self_authenticating(req.method(), req.uri().path(), req.headers()) {
+        // Its handler verifies the request's own credential.
+        req.extensions_mut().insert(crate::auth::SelfAuthenticated);
+        Ok(auth.anonymous().clone())
     } else {
         auth.authenticate_now(req.headers())?
     };

@@ -198,6 +198,10 @@ pub fn router(state: AppState) -> Router {
         None => router,
     };
     let production = state.layer.as_ref().map(|l| {
+        // Subscription callbacks, acks and releases carry their own
+        // credential (the callback token), which the engine verifies.
+        l.authenticator
+            .set_self_authenticating(subscriptions::self_authenticating(&root));
         weir_layer::stack::ProductionLayer::new(l.authenticator.clone(), Some(l.limiter.clone()))
     });
     // Compression (text-like bodies of 1 KiB or more) only for requests

@@ -14,7 +14,7 @@
 pub mod apikey;
 pub mod jwt;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +78,22 @@ pub enum AuthConfigError {
     Tenant(#[from] crate::authz::InvalidTenant),
 }
 
+/// Recognises a *self-authenticating* request: one whose credential is
+/// not a caller's (API key, JWT) but a proof the route's own handler
+/// verifies — e.g. a subscription callback token (PROTOCOL.md §12.9) on a
+/// subscription's `callback`/`ack`/`release` route. Given the method, the
+/// path and the headers; it must match only the exact routes whose handler
+/// verifies that proof, and only credentials shaped like it.
+pub type SelfAuthenticating =
+    Arc<dyn Fn(&http::Method, &str, &http::HeaderMap) -> bool + Send + Sync>;
+
+/// Put in the request's extensions (with the anonymous principal) when a
+/// [`SelfAuthenticating`] hook passed the request through unverified: the
+/// handler must verify the request's own credential and must not rely on
+/// the principal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelfAuthenticated;
+
 /// All enabled methods behind one call.
 pub struct Authenticator {
     mode: AuthMode,
@@ -85,6 +101,7 @@ pub struct Authenticator {
     api_keys: Option<Arc<ApiKeys>>,
     anonymous: Principal,
     public_paths: Vec<String>,
+    self_authenticating: OnceLock<SelfAuthenticating>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -146,6 +163,7 @@ impl Authenticator {
             api_keys,
             anonymous,
             public_paths: cfg.public_paths,
+            self_authenticating: OnceLock::new(),
         })
     }
 
@@ -169,6 +187,27 @@ impl Authenticator {
     /// Whether `path` skips authentication.
     pub fn is_public(&self, path: &str) -> bool {
         self.public_paths.iter().any(|p| p == path)
+    }
+
+    /// Installs the [`SelfAuthenticating`] hook (once; `false` if one was
+    /// already installed, which stays).
+    pub fn set_self_authenticating(&self, hook: SelfAuthenticating) -> bool {
+        self.self_authenticating.set(hook).is_ok()
+    }
+
+    /// Whether the hook claims this request (never in mode `none`, where
+    /// nothing is verified anyway).
+    pub fn is_self_authenticating(
+        &self,
+        method: &http::Method,
+        path: &str,
+        h: &http::HeaderMap,
+    ) -> bool {
+        self.mode != AuthMode::None
+            && self
+                .self_authenticating
+                .get()
+                .is_some_and(|f| f(method, path, h))
     }
 
     /// Authenticates a request by its headers.

@@ -32,12 +32,13 @@ use self::model::{
     Config, CreateBody, Kind, Link, State, Wake, scope_paths, stream_paths, stream_views,
 };
 use self::security::{
-    KeyMaterial, TokenClaims, WebhookKey, check_webhook_url, sign_token, verify_token,
+    KeyMaterial, TokenClaims, WebhookKey, check_webhook_url, looks_like_token, sign_token,
+    verify_token,
 };
 use crate::AppState;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
-use crate::streams::{base_url, body_bytes, peer_ip, tenant_of, url_prefix};
+use crate::streams::{PathTenant, base_url, body_bytes, peer_ip, tenant_of, url_prefix};
 
 const KEYS_KEY: &str = "sys/subscription-keys";
 const SUB_PREFIX: &str = "sub/";
@@ -910,12 +911,112 @@ fn permission_for(method: &Method, path: &str) -> weir_layer::Permission {
     }
 }
 
+/// The routes whose credential is the subscription's callback/claim token
+/// (PROTOCOL.md §7, §12.9): `POST {root}/__ds/subscriptions/:id/`
+/// `{callback,ack,release}`, also under `/t/{tenant}`. `root` is the
+/// stream root without its trailing `/`.
+fn is_token_route(root: &str, method: &Method, path: &str) -> bool {
+    fn under(root: &str, path: &str) -> bool {
+        let Some(rest) = path
+            .strip_prefix(root)
+            .and_then(|p| p.strip_prefix("/__ds/subscriptions/"))
+        else {
+            return false;
+        };
+        match rest.split_once('/') {
+            Some((id, action)) => {
+                !id.is_empty() && matches!(action, "callback" | "ack" | "release")
+            }
+            None => false,
+        }
+    }
+    if *method != Method::POST {
+        return false;
+    }
+    let in_tenant = path
+        .strip_prefix("/t/")
+        .and_then(|p| p.find('/').filter(|&i| i > 0).map(|i| &p[i..]));
+    under(root, path) || in_tenant.is_some_and(|p| under(root, p))
+}
+
+/// The production layer's [`weir_layer::auth::SelfAuthenticating`] hook: a
+/// request on a token route (see [`is_token_route`]) whose
+/// `Authorization: Bearer` is shaped like a callback token is passed
+/// through unverified, because [`dispatch`] verifies the token itself (HMAC,
+/// constant time) and takes the tenant from it. Any other credential on
+/// those routes — a user's JWT or API key, garbage — is verified by the
+/// layer as usual.
+pub fn self_authenticating(stream_root: &str) -> weir_layer::auth::SelfAuthenticating {
+    let root = stream_root.trim_end_matches('/').to_owned();
+    Arc::new(move |method, path, headers| {
+        is_token_route(&root, method, path) && bearer(headers).is_some_and(looks_like_token)
+    })
+}
+
+/// The tenant of a request the production layer passed through as
+/// self-authenticating: the one in the verified token's subscription id
+/// (`{tenant}/{id}`). In path mode it must be the URL's tenant; a token of
+/// another tenant, like an unscoped (pre-tenancy) subscription's, answers
+/// `404` as a foreign id does. A bad token is `401 token_invalid`.
+async fn token_tenant(
+    st: &AppState,
+    path: &str,
+    method: &Method,
+    headers: &http::HeaderMap,
+    path_tenant: Option<&str>,
+) -> Result<String, SubError> {
+    let last = path.rsplit('/').next().unwrap_or("");
+    if *method != Method::POST || !matches!(last, "callback" | "ack" | "release") {
+        // The layer's hook matches only these; anything else was not
+        // authenticated at all.
+        return Err(SubError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "UNAUTHORIZED",
+            "authentication required",
+        ));
+    }
+    if st.path_tenancy() && path_tenant.is_none() {
+        return Err(SubError::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "NOT_FOUND",
+            "this server takes the tenant from the URL: /t/{tenant}/…",
+        ));
+    }
+    let claims = st.subscriptions.verified_token(headers).await?;
+    let Some((tenant, _)) = claims.sub.split_once('/') else {
+        return Err(SubError::not_found());
+    };
+    if path_tenant.is_some_and(|t| t != tenant) {
+        return Err(SubError::not_found());
+    }
+    Ok(tenant.to_owned())
+}
+
 /// Routes `__ds/...` requests, in the caller's tenant when streams are
 /// tenant-scoped.
 pub async fn dispatch(st: AppState, path: &str, req: Request) -> Response {
-    let tenant = match tenant_of(&st, &req, permission_for(req.method(), path)) {
-        Ok(t) => t,
-        Err(r) => return *r,
+    let self_authenticated = st.tenancy()
+        && req
+            .extensions()
+            .get::<weir_layer::auth::SelfAuthenticated>()
+            .is_some();
+    let tenant = if self_authenticated {
+        let path_tenant = req
+            .extensions()
+            .get::<PathTenant>()
+            .map(|PathTenant(t)| t.clone());
+        let (method, headers) = (req.method(), req.headers());
+        match token_tenant(&st, path, method, headers, path_tenant.as_deref()).await {
+            Ok(t) => Some(t),
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        match tenant_of(&st, &req, permission_for(req.method(), path)) {
+            Ok(t) => t,
+            Err(r) => return *r,
+        }
     };
     let scope = Scope {
         url_prefix: if tenant.is_some() {
@@ -1163,6 +1264,15 @@ fn fence(s: &State, claims: &TokenClaims, generation: u64, wake_id: &str) -> Res
 
 impl Subscriptions {
     async fn token_claims(&self, h: &http::HeaderMap, id: &str) -> Result<TokenClaims, SubError> {
+        let claims = self.verified_token(h).await?;
+        if claims.sub != id {
+            return Err(SubError::Fenced);
+        }
+        Ok(claims)
+    }
+
+    /// The claims of the request's bearer token, if it is valid.
+    async fn verified_token(&self, h: &http::HeaderMap) -> Result<TokenClaims, SubError> {
         let token = bearer(h).ok_or_else(|| {
             SubError::new(
                 StatusCode::UNAUTHORIZED,
@@ -1180,9 +1290,6 @@ impl Subscriptions {
                 e.to_string(),
             )
         })?;
-        if claims.sub != id {
-            return Err(SubError::Fenced);
-        }
         Ok(claims)
     }
 }
@@ -1369,5 +1476,37 @@ mod tests {
         assert!(!valid_id(""));
         assert!(!valid_id("a/b"));
         assert!(!valid_id(&"x".repeat(300)));
+    }
+
+    #[test]
+    fn token_routes_are_exact() {
+        let post = Method::POST;
+        for yes in [
+            "/v1/stream/__ds/subscriptions/s1/callback",
+            "/v1/stream/__ds/subscriptions/s1/ack",
+            "/v1/stream/__ds/subscriptions/s1/release",
+            "/t/alpha/v1/stream/__ds/subscriptions/s1/ack",
+        ] {
+            assert!(is_token_route("/v1/stream", &post, yes), "{yes}");
+        }
+        for no in [
+            "/v1/stream/__ds/subscriptions/s1/claim",
+            "/v1/stream/__ds/subscriptions/s1",
+            "/v1/stream/__ds/subscriptions/s1/streams",
+            "/v1/stream/__ds/subscriptions//ack",
+            "/v1/stream/__ds/subscriptions/s1/ack/x",
+            "/v1/stream/orders/__ds/subscriptions/s1/ack",
+            "/v1/stream/__ds/jwks.json",
+            "/t//v1/stream/__ds/subscriptions/s1/ack",
+            "/x/v1/stream/__ds/subscriptions/s1/ack",
+            "/_weir/batch",
+        ] {
+            assert!(!is_token_route("/v1/stream", &post, no), "{no}");
+        }
+        assert!(!is_token_route(
+            "/v1/stream",
+            &Method::PUT,
+            "/v1/stream/__ds/subscriptions/s1/ack"
+        ));
     }
 }

@@ -160,6 +160,28 @@ pub fn sign_token(secret: &[u8], claims: &TokenClaims) -> Result<String, TokenEr
     ))
 }
 
+/// Whether `token` has the shape [`sign_token`] produces —
+/// `base64url(JSON object).base64url(32-byte HMAC)`: one dot, a payload
+/// opening with `{"` (`eyJ`), a 43-character signature. A JWT (two dots) or
+/// an API key (`wk_…`, no dot) never has it. Only the shape: says nothing
+/// about validity.
+pub fn looks_like_token(token: &str) -> bool {
+    let b64url = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    match token.split_once('.') {
+        Some((payload, sig)) => {
+            payload.len() > 3
+                && payload.starts_with("eyJ")
+                && sig.len() == 43
+                && b64url(payload)
+                && b64url(sig)
+        }
+        None => false,
+    }
+}
+
 /// Verifies a token's signature (constant time) and expiry.
 pub fn verify_token(secret: &[u8], token: &str, now_ms: i64) -> Result<TokenClaims, TokenError> {
     let (payload, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
@@ -324,6 +346,20 @@ mod tests {
         );
         assert_eq!(verify_token(&secret, p, 0), Err(TokenError::Malformed));
         assert!(verify_token(&secret, "a.b.c", 0).is_err());
+        // The shape, and only the shape: forged tokens have it too.
+        assert!(looks_like_token(&t) && looks_like_token(&forged));
+        for not in [
+            "",
+            p,
+            "a.b.c",
+            "wk_abc",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+            "eyJ.x",
+            &format!("{p}.{s}="),
+            &format!("{p} .{s}"),
+        ] {
+            assert!(!looks_like_token(not), "{not}");
+        }
     }
 
     #[test]

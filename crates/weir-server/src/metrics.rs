@@ -95,13 +95,14 @@ impl Drop for LiveReader {
 }
 
 /// Keeps `weir_streams_open` current: counts the streams once, then follows
-/// the storage's event feed (`Created` +1, `Deleted` −1, expiry included),
+/// the storage's lifecycle feed (`Created` +1, `Deleted` −1, expiry
+/// included; appends do not wake it),
 /// recounting if the feed lagged. Holds the storage only weakly, so the task
 /// ends when the storage is dropped. The gauge is process-wide: one server
 /// per process (as `weir serve` runs) keeps it exact.
 pub(crate) fn spawn_streams_gauge(storage: &Arc<dyn Storage>) {
     let weak = Arc::downgrade(storage);
-    let mut events = storage.events();
+    let mut events = storage.lifecycle_events();
     let gauge = metrics::gauge!(names::STREAMS_OPEN);
     tokio::spawn(async move {
         let mut open = match count(&weak).await {

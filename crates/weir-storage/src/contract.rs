@@ -336,9 +336,11 @@ pub async fn json_messages(s: Arc<dyn Storage>) {
 }
 
 /// Watches tick on commits and report deletion; the event feed reports
-/// creation, appends, closure and deletion.
+/// creation, appends, closure and deletion; the lifecycle feed only creation
+/// and deletion.
 pub async fn notifications(s: Arc<dyn Storage>) {
     let mut events = s.events();
+    let mut lifecycle = s.lifecycle_events();
     s.create(create_req("w", "text/plain", b"")).await.unwrap();
     let mut watch = s.watch(&name("w")).await.unwrap();
     let appended = s.append(&name("w"), bytes_append(b"x")).await.unwrap();
@@ -370,6 +372,24 @@ pub async fn notifications(s: Arc<dyn Storage>) {
             StreamEventKind::Closed,
             StreamEventKind::Deleted
         ]
+    );
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(5), lifecycle.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.name == name("w") {
+            kinds.push(e.kind);
+        }
+    }
+    assert_eq!(
+        kinds,
+        vec![StreamEventKind::Created, StreamEventKind::Deleted]
+    );
+    assert!(
+        lifecycle.try_recv().is_err(),
+        "no appends on the lifecycle feed"
     );
     tokio::time::timeout(Duration::from_secs(5), async {
         while !watch.borrow().gone {

@@ -103,6 +103,11 @@ pub trait Storage: Send + Sync + 'static {
     /// The server-wide feed of stream changes.
     fn events(&self) -> tokio::sync::broadcast::Receiver<StreamEvent>;
 
+    /// The feed of streams created and deleted (expiry included), without
+    /// the per-append events: for consumers that only track which streams
+    /// exist and should not be woken by every append.
+    fn lifecycle_events(&self) -> tokio::sync::broadcast::Receiver<StreamEvent>;
+
     /// Reads a key of the metadata space, with its version.
     async fn kv_get(&self, key: &str) -> Result<Option<(Bytes, u64)>, StorageError>;
 

@@ -55,6 +55,9 @@ pub struct Table<B: Backend> {
     registry: RwLock<BTreeMap<StreamName, Slot<B::Index>>>,
     next_id: AtomicU64,
     events: broadcast::Sender<StreamEvent>,
+    /// Created/Deleted only: consumers that track which streams exist (the
+    /// streams-open gauge) would otherwise be woken once per append.
+    lifecycle: broadcast::Sender<StreamEvent>,
     kv: Mutex<BTreeMap<String, (Bytes, u64)>>,
     limits: TableLimits,
     /// Held (shared) while an operation is decided and submitted; taken
@@ -107,11 +110,13 @@ impl<B: Backend> Table<B> {
     /// An empty table over `backend`.
     pub fn with_backend(backend: Arc<B>, limits: TableLimits) -> Table<B> {
         let (events, _) = broadcast::channel(4096);
+        let (lifecycle, _) = broadcast::channel(1024);
         Table {
             backend,
             registry: RwLock::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             events,
+            lifecycle,
             kv: Mutex::new(BTreeMap::new()),
             limits,
             gate: RwLock::new(()),
@@ -125,12 +130,18 @@ impl<B: Backend> Table<B> {
     }
 
     fn emit(&self, name: &StreamName, kind: StreamEventKind, prev: Offset, tail: Offset) {
-        let _ = self.events.send(StreamEvent {
+        let event = StreamEvent {
             name: name.clone(),
             kind,
             prev,
             tail,
-        });
+        };
+        if matches!(kind, StreamEventKind::Created | StreamEventKind::Deleted)
+            && self.lifecycle.receiver_count() > 0
+        {
+            let _ = self.lifecycle.send(event.clone());
+        }
+        let _ = self.events.send(event);
     }
 
     /// The live stream at `name`, expiring it first if its time has come.
@@ -1165,6 +1176,10 @@ impl<B: Backend> Storage for Table<B> {
 
     fn events(&self) -> broadcast::Receiver<StreamEvent> {
         self.events.subscribe()
+    }
+
+    fn lifecycle_events(&self) -> broadcast::Receiver<StreamEvent> {
+        self.lifecycle.subscribe()
     }
 
     async fn kv_get(&self, key: &str) -> Result<Option<(Bytes, u64)>, StorageError> {

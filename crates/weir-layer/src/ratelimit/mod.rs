@@ -244,8 +244,6 @@ struct Policy {
     item: String,
     /// `RateLimit-Policy` when it is the only applied policy.
     header: Option<http::HeaderValue>,
-    /// `"{rule}.{plan}";r=`: the start of its `RateLimit` value.
-    ratelimit_prefix: String,
     limit: Limit,
 }
 
@@ -255,7 +253,6 @@ impl Policy {
         let item = policy_item(&name, limit);
         Policy {
             header: http::HeaderValue::from_str(&item).ok(),
-            ratelimit_prefix: format!("\"{name}\";r="),
             name: name.into(),
             item,
             limit: *limit,
@@ -541,20 +538,7 @@ impl RateLimiter {
         let ratelimit = ds
             .iter()
             .min_by_key(|d| (d.decision.allowed, d.decision.remaining))
-            .and_then(|d| {
-                let value = match policy(d) {
-                    Some(p) => {
-                        let mut v = String::with_capacity(p.ratelimit_prefix.len() + 24);
-                        v.push_str(&p.ratelimit_prefix);
-                        v.push_str(itoa::Buffer::new().format(d.decision.remaining));
-                        v.push_str(";t=");
-                        v.push_str(itoa::Buffer::new().format(ceil_secs(d.decision.reset_after)));
-                        v
-                    }
-                    None => ratelimit_header(std::slice::from_ref(d))?,
-                };
-                http::HeaderValue::try_from(value).ok()
-            });
+            .and_then(ratelimit_value);
         let policy_value = match ds {
             [] => None,
             [d] => match policy(d) {
@@ -577,6 +561,38 @@ impl RateLimiter {
         };
         (ratelimit, policy_value)
     }
+}
+
+/// One decision's `RateLimit` value (`"{policy}";r={remaining};t={secs}`,
+/// as [`ratelimit_header`] writes it), assembled on the stack and copied
+/// once into the header value: no `String`, no policy lookup. A name too
+/// long for the buffer takes the formatted path.
+fn ratelimit_value(d: &PolicyDecision) -> Option<http::HeaderValue> {
+    const CAP: usize = 160;
+    let mut remaining = itoa::Buffer::new();
+    let remaining = remaining.format(d.decision.remaining).as_bytes();
+    let mut secs = itoa::Buffer::new();
+    let secs = secs.format(ceil_secs(d.decision.reset_after)).as_bytes();
+    let parts: [&[u8]; 6] = [
+        b"\"",
+        d.policy.as_bytes(),
+        b"\";r=",
+        remaining,
+        b";t=",
+        secs,
+    ];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > CAP {
+        let v = ratelimit_header(std::slice::from_ref(d))?;
+        return http::HeaderValue::try_from(v).ok();
+    }
+    let mut buf = [0u8; CAP];
+    let mut at = 0;
+    for p in parts {
+        buf[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    http::HeaderValue::from_bytes(&buf[..at]).ok()
 }
 
 /// Adds one policy's decision; whether it refused (counted).

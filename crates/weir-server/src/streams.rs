@@ -579,6 +579,10 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     };
     let mut resp = status.into_response();
     let rh = resp.headers_mut();
+    // Sized once for everything the stack adds on the way out (offset,
+    // producer, request id, rate limit, the security headers): the default
+    // map holds 6 and would grow, moving every entry, on each append.
+    *rh = HeaderMap::with_capacity(APPEND_HEADERS);
     // The offset string becomes the header value as is (no second copy).
     if let Ok(v) = HeaderValue::try_from(tail) {
         rh.insert(headers::STREAM_NEXT_OFFSET, v);
@@ -592,6 +596,11 @@ async fn append(st: &AppState, name: StreamName, req: Request) -> Result<Respons
     }
     Ok(resp)
 }
+
+/// Headers an append's response carries at most with every layer on: its
+/// own 4 (offset, closed, producer epoch and seq), `X-Request-Id`,
+/// `RateLimit` and `RateLimit-Policy`, the 4 security headers, and a spare.
+const APPEND_HEADERS: usize = 12;
 
 /// Status and producer headers of an accepted append: `200` only for a
 /// producer append that wrote data, `204` otherwise (duplicates included).

@@ -26,7 +26,7 @@ pub struct Caller {
 impl Caller {
     /// From the request's headers and the extensions the layer filled in.
     pub fn from_parts(parts: &http::request::Parts) -> Option<Caller> {
-        let principal = parts.extensions.get::<Principal>()?.clone();
+        let principal = weir_layer::http::principal_of(&parts.extensions)?.clone();
         let token = if principal.auth_method == AuthMethod::Jwt {
             parts
                 .headers

@@ -487,7 +487,7 @@ impl Admin {
 
 /// The authenticated principal, put there by the production stack. Its
 /// absence is a wiring bug: refuse rather than guess.
-fn principal(p: Option<axum::Extension<Principal>>) -> Result<Principal, Problem> {
+fn principal(p: Caller) -> Result<Arc<Principal>, Problem> {
     p.map(|axum::Extension(p)| p).ok_or_else(|| {
         tracing::error!("admin route mounted without the production layer");
         Problem::internal()
@@ -506,7 +506,7 @@ fn query<T: serde::de::DeserializeOwned + Default>(
         .map_err(|e| invalid(format!("invalid query: {}", e.body_text())))
 }
 
-type Caller = Option<axum::Extension<Principal>>;
+type Caller = Option<axum::Extension<Arc<Principal>>>;
 type Rid = Option<axum::Extension<RequestId>>;
 
 async fn list_keys(
@@ -514,18 +514,18 @@ async fn list_keys(
     p: Caller,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    answer(async { a.list(&principal(p)?, query(q)?).await }.await)
+    answer(async { a.list(&*principal(p)?, query(q)?).await }.await)
 }
 
 async fn create_key(State(a): State<Arc<Admin>>, p: Caller, rid: Rid, body: Bytes) -> Response {
     let rid = rid.map(|axum::Extension(r)| r);
-    answer(async { a.create(&principal(p)?, rid.as_ref(), &body).await }.await)
+    answer(async { a.create(&*principal(p)?, rid.as_ref(), &body).await }.await)
 }
 
 async fn get_key(State(a): State<Arc<Admin>>, p: Caller, Path(id): Path<String>) -> Response {
     answer(
         async {
-            let (_, rec) = a.find(&principal(p)?, &id).await?;
+            let (_, rec) = a.find(&*principal(p)?, &id).await?;
             Ok(axum::Json(json!({ "key": KeyView::from(&rec) })).into_response())
         }
         .await,
@@ -539,7 +539,7 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> Response {
     let rid = rid.map(|axum::Extension(r)| r);
-    answer(async { a.revoke(&principal(p)?, rid.as_ref(), &id).await }.await)
+    answer(async { a.revoke(&*principal(p)?, rid.as_ref(), &id).await }.await)
 }
 
 async fn read_audit(
@@ -547,12 +547,12 @@ async fn read_audit(
     p: Caller,
     q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    answer(async { a.audit(&principal(p)?, query(q)?).await }.await)
+    answer(async { a.audit(&*principal(p)?, query(q)?).await }.await)
 }
 
 async fn reload_config(State(a): State<Arc<Admin>>, p: Caller, rid: Rid) -> Response {
     let rid = rid.map(|axum::Extension(r)| r);
-    answer(async { a.reload(&principal(p)?, rid.as_ref()).await }.await)
+    answer(async { a.reload(&*principal(p)?, rid.as_ref()).await }.await)
 }
 
 async fn no_route() -> Response {

@@ -287,7 +287,7 @@ pub(crate) async fn authenticate<B>(
     if let Some(done) = authenticate_now(auth, req) {
         return done;
     }
-    let result = auth.authenticate(req.headers()).await;
+    let result = auth.authenticate(req.headers()).await.map(Arc::new);
     admit(req, result)
 }
 
@@ -313,7 +313,10 @@ pub(crate) fn authenticate_now<B>(
 /// The principal into the request, or the refusal for the error.
 // The refusal is the response itself, moved once (as in the async steps).
 #[allow(clippy::result_large_err)]
-fn admit<B>(req: &mut Request<B>, result: Result<Principal, AuthError>) -> Result<(), Response> {
+fn admit<B>(
+    req: &mut Request<B>,
+    result: Result<Arc<Principal>, AuthError>,
+) -> Result<(), Response> {
     match result {
         Ok(p) => {
             let span = tracing::Span::current();
@@ -345,13 +348,21 @@ pub(crate) fn method_label(h: &http::HeaderMap) -> &'static str {
     }
 }
 
+/// The request's principal, as the production layer put it into the
+/// request's extensions (an `Arc<Principal>`, shared with the credential
+/// memo): borrowed, no copy. `None` when no layer authenticated it.
+pub fn principal_of(ext: &http::Extensions) -> Option<&Principal> {
+    ext.get::<Arc<Principal>>().map(|p| &**p)
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = Problem;
-    /// The principal the [`AuthLayer`] inserted. Its absence is a wiring
-    /// bug (the layer is not mounted on this route), answered with 500
-    /// rather than silently treating the caller as anyone.
+    /// The principal the [`AuthLayer`] inserted (as an `Arc<Principal>`:
+    /// code on the hot path borrows it from the extensions instead). Its
+    /// absence is a wiring bug (the layer is not mounted on this route),
+    /// answered with 500 rather than silently treating the caller as anyone.
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
-        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+        principal_of(&parts.extensions).cloned().ok_or_else(|| {
             tracing::error!("no Principal in request extensions: AuthLayer is not mounted");
             Problem::internal()
         })
@@ -473,7 +484,7 @@ fn request_info<'a>(
     RequestInfo {
         method,
         path,
-        principal: ext.get::<Principal>(),
+        principal: principal_of(ext),
         ip,
     }
 }

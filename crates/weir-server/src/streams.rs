@@ -39,7 +39,7 @@ pub(crate) fn tenant_in<'r>(
     if !st.tenancy() {
         return Ok(None);
     }
-    let Some(p) = req.extensions().get::<weir_layer::Principal>() else {
+    let Some(p) = weir_layer::http::principal_of(req.extensions()) else {
         return Err(Box::new(
             ApiError::new(
                 StatusCode::UNAUTHORIZED,

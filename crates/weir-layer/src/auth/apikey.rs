@@ -281,7 +281,9 @@ pub struct ApiKeys {
 
 struct Verified {
     record: Arc<ApiKeyRecord>,
-    principal: Principal,
+    /// Shared: a memo hit hands the request a reference count, not a
+    /// copy of the principal's strings.
+    principal: Arc<Principal>,
     /// Clock time (µs) until which this key's use is already noted: a
     /// memo hit before it skips [`ApiKeys::note_use`] (an owned key, two
     /// hashes and a lock per request) for the answer it would give.
@@ -393,14 +395,14 @@ impl ApiKeys {
     /// Verifies `wk_<id>_<secret>`.
     pub async fn verify_key(&self, token: &str) -> Result<Principal, AuthError> {
         if let Some(answer) = self.verify_memoized(token) {
-            return answer;
+            return answer.map(Arc::unwrap_or_clone);
         }
         self.verify_slow(token, self.clock.now()).await
     }
 
     /// [`ApiKeys::verify_key`] for a token that verified recently (its
     /// exact bytes are in the memo); `None` otherwise.
-    pub fn verify_memoized(&self, token: &str) -> Option<Result<Principal, AuthError>> {
+    pub fn verify_memoized(&self, token: &str) -> Option<Result<Arc<Principal>, AuthError>> {
         let now_t = self.clock.now();
         let v = self.verified.get(token.as_bytes(), now_t)?;
         // Exactly the bytes that verified against this record, which is
@@ -453,7 +455,7 @@ impl ApiKeys {
             token.as_bytes(),
             Arc::new(Verified {
                 record: rec.clone(),
-                principal: p.clone(),
+                principal: Arc::new(p.clone()),
                 noted_until_us: micros(noted_until).into(),
             }),
             rec_expires,

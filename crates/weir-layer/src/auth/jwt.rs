@@ -349,7 +349,8 @@ pub struct JwtVerifier {
     table: Arc<PermissionTable>,
     default_tenant: String,
     clock: SharedClock,
-    cache: BytesMemo<Principal>,
+    /// Shared principals: a hit hands out a reference count.
+    cache: BytesMemo<Arc<Principal>>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -458,7 +459,7 @@ impl JwtVerifier {
 
     /// The principal of a token verified recently (still in the cache);
     /// `None` otherwise.
-    pub fn verify_memoized(&self, token: &str) -> Option<Principal> {
+    pub fn verify_memoized(&self, token: &str) -> Option<Arc<Principal>> {
         self.cache.get(token.as_bytes(), self.clock.now())
     }
 
@@ -466,7 +467,7 @@ impl JwtVerifier {
     pub async fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
         let now = self.clock.now();
         if let Some(p) = self.cache.get(token.as_bytes(), now) {
-            return Ok(p);
+            return Ok(Arc::unwrap_or_clone(p));
         }
         let alg_name = header_alg(token)?;
         let header = jsonwebtoken::decode_header(token)
@@ -498,7 +499,7 @@ impl JwtVerifier {
         let max = now + Duration::from_secs(self.cfg.token_cache_max_ttl_secs);
         let until = exp.map_or(max, |e| Duration::from_secs(e).min(max));
         self.cache
-            .insert(token.as_bytes(), principal.clone(), until, now);
+            .insert(token.as_bytes(), Arc::new(principal.clone()), until, now);
         Ok(principal)
     }
 

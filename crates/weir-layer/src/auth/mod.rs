@@ -99,7 +99,8 @@ pub struct Authenticator {
     mode: AuthMode,
     jwt: Option<Arc<JwtVerifier>>,
     api_keys: Option<Arc<ApiKeys>>,
-    anonymous: Principal,
+    /// Shared: every anonymous request gets a reference count of it.
+    anonymous: Arc<Principal>,
     public_paths: Vec<String>,
     self_authenticating: OnceLock<SelfAuthenticating>,
 }
@@ -161,7 +162,7 @@ impl Authenticator {
             mode: cfg.mode,
             jwt,
             api_keys,
-            anonymous,
+            anonymous: Arc::new(anonymous),
             public_paths: cfg.public_paths,
             self_authenticating: OnceLock::new(),
         })
@@ -180,7 +181,7 @@ impl Authenticator {
     }
 
     /// The anonymous principal.
-    pub fn anonymous(&self) -> &Principal {
+    pub fn anonymous(&self) -> &Arc<Principal> {
         &self.anonymous
     }
 
@@ -213,11 +214,11 @@ impl Authenticator {
     /// Authenticates a request by its headers.
     pub async fn authenticate(&self, h: &http::HeaderMap) -> Result<Principal, AuthError> {
         if self.mode == AuthMode::None {
-            return Ok(self.anonymous.clone());
+            return Ok(Principal::clone(&self.anonymous));
         }
         match credential(h)? {
             Some(c) => self.verify(c).await,
-            None if self.mode == AuthMode::Optional => Ok(self.anonymous.clone()),
+            None if self.mode == AuthMode::Optional => Ok(Principal::clone(&self.anonymous)),
             None => Err(AuthError::Missing),
         }
     }
@@ -225,8 +226,12 @@ impl Authenticator {
     /// [`Authenticator::authenticate`] when it needs no waiting: mode
     /// `none`, no or malformed credentials, or a credential that verified
     /// recently (the API-key and JWT memos). `None`: the credential needs
-    /// a store or JWKS lookup — call `authenticate`.
-    pub fn authenticate_now(&self, h: &http::HeaderMap) -> Option<Result<Principal, AuthError>> {
+    /// a store or JWKS lookup — call `authenticate`. The principal is
+    /// shared with the memo it came from (no copy per request).
+    pub fn authenticate_now(
+        &self,
+        h: &http::HeaderMap,
+    ) -> Option<Result<Arc<Principal>, AuthError>> {
         if self.mode == AuthMode::None {
             return Some(Ok(self.anonymous.clone()));
         }

@@ -143,7 +143,7 @@ pub(crate) fn begin_request<B>(req: &mut Request<B>) -> (RequestId, tracing::Spa
 /// Adds the id to the response head and to a problem body.
 pub(crate) async fn stamp(resp: Response, id: &RequestId) -> Response {
     let (mut parts, body) = resp.into_parts();
-    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+    if let Some(v) = id.header_value() {
         parts.headers.insert(&X_REQUEST_ID, v);
     }
     // One line per request at debug level (off by default: a disabled
@@ -284,18 +284,22 @@ pub(crate) async fn authenticate<B>(
     auth: &Authenticator,
     req: &mut Request<B>,
 ) -> Result<(), Response> {
-    if let Some(done) = authenticate_now(auth, req) {
+    let span = tracing::Span::current();
+    if let Some(done) = authenticate_now(auth, req, &span) {
         return done;
     }
     let result = auth.authenticate(req.headers()).await.map(Arc::new);
-    admit(req, result)
+    admit(req, result, &span)
 }
 
 /// [`authenticate`] when the answer needs no waiting (see
 /// [`Authenticator::authenticate_now`]); `None`: call `authenticate`.
+/// `span` is the request's (given by the caller that holds it: looking up
+/// the current span is a registry lookup per request).
 pub(crate) fn authenticate_now<B>(
     auth: &Authenticator,
     req: &mut Request<B>,
+    span: &tracing::Span,
 ) -> Option<Result<(), Response>> {
     let skip = req.method() == http::Method::OPTIONS || auth.is_public(req.uri().path());
     let result = if skip {
@@ -307,7 +311,7 @@ pub(crate) fn authenticate_now<B>(
     } else {
         auth.authenticate_now(req.headers())?
     };
-    Some(admit(req, result))
+    Some(admit(req, result, span))
 }
 
 /// The principal into the request, or the refusal for the error.
@@ -316,10 +320,10 @@ pub(crate) fn authenticate_now<B>(
 fn admit<B>(
     req: &mut Request<B>,
     result: Result<Arc<Principal>, AuthError>,
+    span: &tracing::Span,
 ) -> Result<(), Response> {
     match result {
         Ok(p) => {
-            let span = tracing::Span::current();
             span.record("tenant", p.tenant.as_str());
             span.record("principal", p.subject.as_str());
             req.extensions_mut().insert(p);

@@ -48,6 +48,16 @@ impl RequestId {
         }
     }
 
+    /// The id as an `X-Request-Id` value. A generated id is hex already:
+    /// its bytes go in as they are, without the UTF-8 check of
+    /// [`RequestId::as_str`].
+    pub fn header_value(&self) -> Option<http::HeaderValue> {
+        match &self.0 {
+            Repr::Generated(b) => http::HeaderValue::from_bytes(b).ok(),
+            Repr::Given(s) => http::HeaderValue::from_str(s).ok(),
+        }
+    }
+
     /// A client-supplied id, if acceptable.
     pub fn parse(s: &str) -> Option<RequestId> {
         valid(s).then(|| RequestId(Repr::Given(Arc::from(s))))
@@ -261,5 +271,13 @@ mod tests {
             id.iter()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
+    }
+
+    #[test]
+    fn header_value_is_the_id() {
+        let given = RequestId::parse("req-42").unwrap();
+        for id in [RequestId::generate(), given] {
+            assert_eq!(id.header_value().unwrap().to_str().unwrap(), id.as_str());
+        }
     }
 }

@@ -220,7 +220,7 @@ where
             id,
         };
         let entered = span.enter();
-        match check_now(&self.shared, &mut req) {
+        match check_now(&self.shared, &mut req, &span) {
             // The common case (no credential lookup, a local limiter): the
             // service below is called here, so it need not be cloned into
             // the future.
@@ -261,8 +261,8 @@ where
 }
 
 /// Authentication and the rate limit, as far as they go without waiting.
-fn check_now<B>(shared: &Shared, req: &mut Request<B>) -> Checked {
-    match authenticate_now(&shared.auth, req) {
+fn check_now<B>(shared: &Shared, req: &mut Request<B>, span: &tracing::Span) -> Checked {
+    match authenticate_now(&shared.auth, req, span) {
         None => return Checked::AuthPending,
         Some(Err(refusal)) => return Checked::Refused(refusal),
         Some(Ok(())) => {}

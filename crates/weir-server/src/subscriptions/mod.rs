@@ -655,16 +655,23 @@ impl Subscriptions {
 
     /// Links new streams and wakes subscriptions with pending work.
     async fn on_event(self: &Arc<Self>, ev: StreamEvent) {
-        let name = ev.name.to_string();
-        let concerned: Vec<(String, bool, bool)> = self
-            .index
-            .read()
-            .iter()
-            .filter_map(|(id, e)| {
-                let (explicit, glob) = e.wants(&name);
-                (explicit || glob).then(|| (id.clone(), explicit, glob))
-            })
-            .collect();
+        // Every append lands here; with no subscriptions (the common case)
+        // it must cost no more than a read lock.
+        let (name, concerned) = {
+            let index = self.index.read();
+            if index.is_empty() {
+                return;
+            }
+            let name = ev.name.to_string();
+            let concerned: Vec<(String, bool, bool)> = index
+                .iter()
+                .filter_map(|(id, e)| {
+                    let (explicit, glob) = e.wants(&name);
+                    (explicit || glob).then(|| (id.clone(), explicit, glob))
+                })
+                .collect();
+            (name, concerned)
+        };
         for (id, explicit, glob) in concerned {
             let r = self
                 .update(&id, |s, _| {

@@ -116,23 +116,28 @@ struct MemoEntry<V> {
     expires: Duration,
 }
 
-/// The map's keys are already keyed SipHash values: hashing them again
-/// would only cost time.
+/// The hasher of maps whose keys already are keyed SipHash values (the
+/// memo here, the local rate limiter's GCRA store): hashing them again would
+/// only cost time. A `u64` key is its own hash; a `u128` key hashes to its
+/// low half, which stays independent of a shard chosen by the high half.
 #[derive(Clone, Copy, Debug, Default)]
-struct Prehashed(u64);
+pub(crate) struct Prehashed(u64);
 
 impl Hasher for Prehashed {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed (`write_u64`); fold anything else.
+        // Only integer keys are hashed; fold anything else.
         for &b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
     }
 }
 

@@ -20,11 +20,12 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, RandomState};
 
 use parking_lot::Mutex;
 
 use super::gcra::{self, Decision, Limit};
+use crate::cache::Prehashed;
 use crate::clock::SharedClock;
 
 const SHARDS: usize = 64;
@@ -158,25 +159,6 @@ impl LocalBackend {
             .iter()
             .map(|s| s.lock().capacity() * ENTRY_BYTES)
             .sum()
-    }
-}
-
-/// The identity hash of a key that already is a keyed 128-bit hash.
-#[derive(Clone, Copy, Debug, Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        // Low half: independent of the shard choice (the high half).
-        self.0 = v as u64;
     }
 }
 

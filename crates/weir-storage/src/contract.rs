@@ -335,6 +335,25 @@ pub async fn json_messages(s: Arc<dyn Storage>) {
     ));
 }
 
+/// The kinds of the next `n` events about stream `stream` on a feed.
+async fn kinds_of(
+    feed: &mut tokio::sync::broadcast::Receiver<crate::StreamEvent>,
+    stream: &str,
+    n: usize,
+) -> Vec<StreamEventKind> {
+    let mut kinds = Vec::new();
+    while kinds.len() < n {
+        let e = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.name == name(stream) {
+            kinds.push(e.kind);
+        }
+    }
+    kinds
+}
+
 /// Watches tick on commits and report deletion; the event feed reports
 /// creation, appends, closure and deletion; the lifecycle feed only creation
 /// and deletion.
@@ -354,18 +373,8 @@ pub async fn notifications(s: Arc<dyn Storage>) {
     close.close = true;
     s.append(&name("w"), close).await.unwrap();
     s.delete(&name("w")).await.unwrap();
-    let mut kinds = Vec::new();
-    while kinds.len() < 4 {
-        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if e.name == name("w") {
-            kinds.push(e.kind);
-        }
-    }
     assert_eq!(
-        kinds,
+        kinds_of(&mut events, "w", 4).await,
         vec![
             StreamEventKind::Created,
             StreamEventKind::Appended,
@@ -373,18 +382,8 @@ pub async fn notifications(s: Arc<dyn Storage>) {
             StreamEventKind::Deleted
         ]
     );
-    let mut kinds = Vec::new();
-    while kinds.len() < 2 {
-        let e = tokio::time::timeout(Duration::from_secs(5), lifecycle.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if e.name == name("w") {
-            kinds.push(e.kind);
-        }
-    }
     assert_eq!(
-        kinds,
+        kinds_of(&mut lifecycle, "w", 2).await,
         vec![StreamEventKind::Created, StreamEventKind::Deleted]
     );
     assert!(

@@ -352,17 +352,35 @@ pub struct ClientMetricsLayer;
 
 type Handles = (metrics::Counter, metrics::Counter, metrics::Histogram);
 
+/// The client metrics layer's handles per subject, and the last subject
+/// registered (checked first, without hashing).
+#[derive(Default)]
+struct HandleCache {
+    last: Option<(Arc<str>, Arc<Handles>)>,
+    map: HashMap<Arc<str>, Arc<Handles>>,
+}
+
 impl ClientLayer for ClientMetricsLayer {
     fn layer(&self, inner: BoxCallHandler) -> BoxCallHandler {
         // Read-mostly: every call after a subject's first only takes the
         // shared lock, so concurrent callers do not queue behind each other.
-        let cache: Arc<RwLock<HashMap<Arc<str>, Arc<Handles>>>> = Arc::default();
+        // The subject whose handles were registered last is compared before
+        // the map is consulted: a client that calls one subject (the common
+        // case) never hashes it.
+        let cache: Arc<RwLock<HandleCache>> = Arc::default();
         Arc::new(
             move |call: Call| -> BoxFuture<'static, Result<Message, ServiceError>> {
-                let cached = cache.read().get(&call.subject).cloned();
+                let cached = {
+                    let c = cache.read();
+                    match &c.last {
+                        Some((s, h)) if **s == *call.subject => Some(h.clone()),
+                        _ => c.map.get(&call.subject).cloned(),
+                    }
+                };
                 let handles = cached.unwrap_or_else(|| {
-                    cache
-                        .write()
+                    let mut c = cache.write();
+                    let h = c
+                        .map
                         .entry(call.subject.clone())
                         .or_insert_with(|| {
                             let s = call.subject.to_string();
@@ -372,7 +390,9 @@ impl ClientLayer for ClientMetricsLayer {
                                 metrics::histogram!(crate::metrics::CLIENT_DURATION, "subject" => s),
                             ))
                         })
-                        .clone()
+                        .clone();
+                    c.last = Some((call.subject.clone(), h.clone()));
+                    h
                 });
                 let fut = inner.call(call);
                 Box::pin(async move {

@@ -36,4 +36,7 @@ pub(crate) mod names {
     pub const IDEMPOTENT: HeaderName = HeaderName::from_static(super::IDEMPOTENT);
     pub const NATS_SERVICE_ERROR_CODE: HeaderName =
         HeaderName::from_static(super::NATS_SERVICE_ERROR_CODE);
+    pub const NATS_SERVICE_ERROR: HeaderName = HeaderName::from_static(super::NATS_SERVICE_ERROR);
+    pub const ERROR_CODE: HeaderName = HeaderName::from_static(super::ERROR_CODE);
+    pub const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
 }

@@ -669,10 +669,13 @@ async fn handle_request(
 /// An error reply: ADR-32 headers plus the problem body (never internals).
 pub fn error_message(p: &Problem) -> (Option<HeaderMap>, Bytes) {
     let mut hm = HeaderMap::new();
-    hm.insert(h::NATS_SERVICE_ERROR, p.detail.replace(['\r', '\n'], " "));
-    hm.insert(h::NATS_SERVICE_ERROR_CODE, p.status.to_string());
-    hm.insert(h::ERROR_CODE, p.code.as_str());
-    hm.insert("Content-Type", weir_layer::problem::PROBLEM_JSON);
+    hm.insert(
+        h::names::NATS_SERVICE_ERROR,
+        p.detail.replace(['\r', '\n'], " "),
+    );
+    hm.insert(h::names::NATS_SERVICE_ERROR_CODE, p.status.to_string());
+    hm.insert(h::names::ERROR_CODE, p.code.as_str());
+    hm.insert(h::names::CONTENT_TYPE, weir_layer::problem::PROBLEM_JSON);
     for (k, v) in &p.headers {
         if let Ok(v) = v.to_str() {
             hm.insert(k.as_str(), v);

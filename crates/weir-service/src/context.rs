@@ -161,11 +161,19 @@ impl Ctx {
         };
         // Without a correlation id of its own, the call is correlated by its
         // trace id (the hex written into the traceparent).
+        let traceparent = trace.to_header();
         match &self.correlation_id {
             Some(c) => hm.insert(h::CORRELATION_ID, &**c),
-            None => hm.insert(h::CORRELATION_ID, trace.trace_id_hex()),
+            // Copied out of the traceparent just written (`00-` + 32 hex
+            // digits) rather than formatting the trace id a second time.
+            None => hm.insert(
+                h::CORRELATION_ID,
+                traceparent
+                    .get(3..35)
+                    .map_or_else(|| trace.trace_id_hex(), str::to_owned),
+            ),
         }
-        hm.insert(h::TRACEPARENT, trace.to_header());
+        hm.insert(h::TRACEPARENT, traceparent);
         if let Some(t) = &self.token {
             let mut v = String::with_capacity(7 + t.len());
             v.push_str("Bearer ");
@@ -287,18 +295,48 @@ impl TraceContext {
 /// Hex digits only (no sign, unlike `from_str_radix`), at most 32 of them.
 /// Runs for every incoming message with a `traceparent`.
 fn parse_hex(s: &str) -> Option<u128> {
-    if s.is_empty() || s.len() > 32 {
-        return None;
+    let b = s.as_bytes();
+    match b.len() {
+        0 => None,
+        1..=16 => hex_u64(b).map(u128::from),
+        n @ 17..=32 => {
+            let (hi, lo) = b.split_at(n - 16);
+            Some(u128::from(hex_u64(hi)?) << 64 | u128::from(hex_u64(lo)?))
+        }
+        _ => None,
     }
-    s.bytes().try_fold(0u128, |acc, b| {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        };
-        Some(acc << 4 | u128::from(d))
-    })
+}
+
+/// The value of a hex digit, `INVALID` for any other byte.
+const INVALID: u8 = 0xff;
+const HEX_DIGIT: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// At most 16 hex digits (either case) as a `u64`: a table lookup per
+/// digit, no 128-bit shifts (a traceparent is parsed on every message).
+fn hex_u64(b: &[u8]) -> Option<u64> {
+    let mut acc = 0u64;
+    let mut bad = 0u8;
+    for &c in b.iter().take(16) {
+        let d = HEX_DIGIT[usize::from(c)];
+        bad |= d;
+        acc = acc << 4 | u64::from(d & 0xf);
+    }
+    // Every valid digit is below 16; an invalid byte sets the high bits.
+    (bad & 0xf0 == 0 && b.len() <= 16).then_some(acc)
 }
 
 /// Appends the low `digits` (at most 32) nibbles of `v` as lower-case hex,
@@ -318,6 +356,36 @@ fn push_hex(s: &mut String, v: u128, digits: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_by_table() {
+        assert_eq!(parse_hex("0"), Some(0));
+        assert_eq!(parse_hex("fF"), Some(255));
+        assert_eq!(
+            parse_hex("ffffffffffffffffffffffffffffffff"),
+            Some(u128::MAX)
+        );
+        assert_eq!(
+            parse_hex("4bf92f3577b34da6a3ce929d0e0e4736"),
+            Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736)
+        );
+        assert_eq!(
+            parse_hex("123456789abcdef01"),
+            Some(0x1_2345_6789_abcd_ef01)
+        );
+        assert_eq!(parse_hex(""), None);
+        assert_eq!(parse_hex("0g"), None);
+        assert_eq!(parse_hex("/"), None);
+        assert_eq!(parse_hex(":"), None);
+        assert_eq!(parse_hex("000000000000000000000000000000000"), None);
+        // Upper-case parent ids are read (only the trace id must be lower).
+        let t =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01").unwrap();
+        assert_eq!(
+            t.to_header(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+    }
 
     #[test]
     fn traceparent_round_trips_and_rejects_garbage() {

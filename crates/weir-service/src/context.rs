@@ -344,16 +344,13 @@ fn hex_u64(b: &[u8]) -> Option<u64> {
 /// at a time encoded each as UTF-8.
 fn push_hex(s: &mut String, v: u128, digits: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // All 32 digits from two 64-bit halves (no 128-bit shift per digit),
-    // then the low `digits` of them.
     let mut buf = [0u8; 32];
-    let (hi, lo) = ((v >> 64) as u64, v as u64);
-    for i in 0..16 {
-        buf[15 - i] = HEX[((hi >> (4 * i)) & 0xf) as usize];
-        buf[31 - i] = HEX[((lo >> (4 * i)) & 0xf) as usize];
-    }
     let n = digits.min(32) as usize;
-    s.push_str(std::str::from_utf8(&buf[32 - n..]).unwrap_or_default());
+    for (i, b) in buf.iter_mut().take(n).enumerate() {
+        let shift = (n - 1 - i) * 4;
+        *b = HEX[((v >> shift) & 0xf) as usize];
+    }
+    s.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
 }
 
 #[cfg(test)]

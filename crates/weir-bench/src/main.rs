@@ -6,6 +6,7 @@
 //! The load generator shares the machine's cores with the server, as the
 //! targets assume.
 
+mod floor;
 mod overhead;
 mod profile;
 mod raw;
@@ -61,6 +62,10 @@ enum Cmd {
     /// Instructions per append (callgrind) with the layer off, default and
     /// full: reproducible where wall-clock runs on a shared machine are not.
     Profile(profile::ProfileArgs),
+    /// Serve the do-nothing reference server (see `floor.rs`) on port 0;
+    /// `compare --servers floor` starts it.
+    #[command(hide = true)]
+    FloorServer,
     /// Start Weir and the Node reference server(s), run the same workloads
     /// against each, print ratios.
     Compare {
@@ -74,7 +79,7 @@ enum Cmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "weir-memory,node-memory,node-file"
+            default_value = "weir-durable,weir-memory,node-memory,node-file,floor"
         )]
         servers: Vec<ServerKind>,
         #[command(flatten)]
@@ -105,6 +110,7 @@ fn main() -> anyhow::Result<()> {
                 overhead::run(weir_bin.as_deref(), rounds, &settings).await?;
             }
             Cmd::Profile(args) => profile::run(&args).await?,
+            Cmd::FloorServer => floor::serve().await?,
             Cmd::Restart { weir_bin, streams } => {
                 workloads::restart(weir_bin.as_deref(), streams).await?;
             }

@@ -21,6 +21,8 @@ pub enum ServerKind {
     NodeMemory,
     /// The Node reference server file-backed (LMDB + logs).
     NodeFile,
+    /// The do-nothing reference server of [`crate::floor`].
+    Floor,
 }
 
 impl fmt::Display for ServerKind {
@@ -30,6 +32,7 @@ impl fmt::Display for ServerKind {
             ServerKind::WeirDurable => "weir-durable",
             ServerKind::NodeMemory => "node-memory",
             ServerKind::NodeFile => "node-file",
+            ServerKind::Floor => "floor",
         })
     }
 }
@@ -42,6 +45,7 @@ impl FromStr for ServerKind {
             "weir-durable" => Ok(ServerKind::WeirDurable),
             "node-memory" => Ok(ServerKind::NodeMemory),
             "node-file" => Ok(ServerKind::NodeFile),
+            "floor" => Ok(ServerKind::Floor),
             other => Err(format!("unknown server `{other}`")),
         }
     }
@@ -139,6 +143,11 @@ impl Spawned {
                 if kind == ServerKind::NodeFile {
                     c.arg("--data-dir").arg(&data);
                 }
+                c
+            }
+            ServerKind::Floor => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.arg("floor-server");
                 c
             }
         };

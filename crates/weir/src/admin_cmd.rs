@@ -177,12 +177,6 @@ pub enum KeysCmd {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 /// Every migration set this build knows, the layer's first. Each keeps its
 /// own bookkeeping table, so sets version (and roll back) independently.
 pub fn migration_sets() -> Vec<&'static MigrationSet> {
@@ -247,7 +241,7 @@ pub fn migrate(cmd: MigrateCmd) -> anyhow::Result<()> {
     };
     let (store, _) = db.open()?;
     let sqlite = matches!(store, Db::Sqlite(_));
-    runtime()?.block_on(async move {
+    crate::runtime()?.block_on(async move {
         for set in &chosen {
             // A SQLite database holds only the layer's tables; the other
             // sets are skipped unless asked for by name.
@@ -313,7 +307,7 @@ pub fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
         | KeysCmd::Audit { db, .. } => db,
     };
     let (store, cfg) = db.open()?;
-    runtime()?.block_on(async move {
+    crate::runtime()?.block_on(async move {
         let (store, audit) = store.stores().await?;
         let keys = ApiKeys::new(
             store.clone(),

@@ -68,13 +68,7 @@ fn parse_map(spec: &str) -> anyhow::Result<Mapping> {
 }
 
 pub fn run(a: BridgeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::stderr_logs();
     let mut mappings = a
         .maps
         .iter()

@@ -96,12 +96,6 @@ pub enum DlqCmd {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 fn start_of(a: &TailArgs) -> anyhow::Result<Option<StartAt>> {
     if let Some(s) = a.from_seq {
         return Ok(Some(StartAt::Sequence(s)));
@@ -120,7 +114,7 @@ fn text(payload: &[u8]) -> String {
 
 pub fn events(cmd: EventsCmd) -> anyhow::Result<()> {
     match cmd {
-        EventsCmd::Tail(a) => runtime()?.block_on(tail(a)),
+        EventsCmd::Tail(a) => crate::runtime()?.block_on(tail(a)),
     }
 }
 
@@ -168,7 +162,7 @@ fn summary(seq: u64, d: &DeadLetter) -> String {
 }
 
 pub fn dlq(cmd: DlqCmd) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         match cmd {
             DlqCmd::List { nats, limit, json } => {
                 let d = DeadLetters::new(nats.connect().await?.jetstream().clone());
@@ -244,7 +238,7 @@ mod tests {
     fn tail_and_dlq_against_nats() {
         let server = weir_testkit::NatsServer::start();
         let url = server.url().to_owned();
-        let rt = runtime().unwrap();
+        let rt = crate::runtime().unwrap();
         let js = rt.block_on(async { server.nats().await.jetstream().clone() });
         rt.block_on(async {
             Family::new("cli").ensure(&js).await.unwrap();

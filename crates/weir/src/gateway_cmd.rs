@@ -62,13 +62,7 @@ impl GatewayFile {
 }
 
 pub fn run(a: GatewayArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::stderr_logs();
     let file = GatewayFile::load(a.config.as_ref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -100,3 +100,24 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+/// The runtime of a one-shot CLI command (`weir call`, `weir migrate`, …):
+/// one thread is plenty for a request or two, and starts fastest.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Plain logs on stderr filtered by `RUST_LOG` (default `info`), for the
+/// long-running commands that have no `[log]` config of their own (`weir
+/// bridge`, `weir gateway`); `weir serve` sets up its own (JSON, reloadable).
+fn stderr_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -58,12 +58,6 @@ pub enum SagaCmd {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 fn store(db: &SagaDb) -> anyhow::Result<SagaStore> {
     SagaStore::new(&db.database_url).context("opening the saga database")
 }
@@ -82,7 +76,7 @@ fn hint(e: SagaError) -> anyhow::Error {
 }
 
 pub fn run(cmd: SagaCmd) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         match cmd {
             SagaCmd::List {
                 status,

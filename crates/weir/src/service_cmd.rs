@@ -109,14 +109,8 @@ pub struct NewServiceArgs {
     pub weir_path: Option<PathBuf>,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 pub fn services(a: ServicesArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let t = a.nats.connect().await?;
         let mut d = Discovery::new(t);
         d.total = Duration::from_millis(a.timeout_ms);
@@ -159,7 +153,7 @@ pub fn services(a: ServicesArgs) -> anyhow::Result<()> {
 pub fn call(a: CallArgs) -> anyhow::Result<()> {
     let body: serde_json::Value =
         serde_json::from_str(&a.body).context("the request body is not valid JSON")?;
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let t = a.nats.connect().await?;
         let client = Client::builder(t).without_metrics().build();
         let mut ctx = Ctx::with_timeout(Duration::from_millis(a.timeout_ms));
@@ -380,7 +374,7 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let svc_url = url.clone();
         let svc = std::thread::spawn(move || {
-            runtime().unwrap().block_on(async move {
+            crate::runtime().unwrap().block_on(async move {
                 let t = weir_service::NatsTransport::connect(&svc_url)
                     .await
                     .unwrap();

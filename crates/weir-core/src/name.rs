@@ -57,20 +57,49 @@ impl StreamName {
         if name.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong);
         }
-        if name.chars().any(char::is_control) {
-            return Err(NameError::ControlChar);
-        }
-        let mut first = true;
-        for seg in name.split('/') {
-            if seg.is_empty() || seg == "." || seg == ".." {
-                return Err(NameError::BadSegment);
-            }
-            if first && seg == RESERVED_SEGMENT {
-                return Err(NameError::Reserved);
-            }
-            first = false;
-        }
+        check_parts(name)?;
         Ok(StreamName(std::sync::Arc::from(name)))
+    }
+
+    /// `{prefix}/{name}` (e.g. a tenant's scope and the client's name):
+    /// `name` is validated as [`StreamName::new`] validates it — so its
+    /// first segment cannot be `__ds` — and the result is exactly what
+    /// `StreamName::new` of the joined string accepts or refuses (the
+    /// same error, `name`'s first), but each part is scanned once and the
+    /// joined name is built once: the request path of every append under
+    /// a tenant validated and allocated it twice.
+    pub fn scoped(prefix: &str, name: &str) -> Result<StreamName, NameError> {
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong);
+        }
+        check_parts(name)?;
+        let len = prefix.len() + 1 + name.len();
+        if len > MAX_NAME_LEN {
+            return Err(NameError::TooLong);
+        }
+        // An empty prefix is an empty first segment of the whole.
+        check_parts(prefix)?;
+        // Joined on the stack (names are short), then copied once into
+        // the shared string; a long one goes through a `String`.
+        const STACK: usize = 256;
+        if len <= STACK {
+            let mut buf = [0u8; STACK];
+            buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
+            buf[prefix.len()] = b'/';
+            buf[prefix.len() + 1..len].copy_from_slice(name.as_bytes());
+            // Two valid strings and an ASCII slash: always UTF-8.
+            if let Ok(joined) = std::str::from_utf8(&buf[..len]) {
+                return Ok(StreamName(std::sync::Arc::from(joined)));
+            }
+        }
+        let mut joined = String::with_capacity(len);
+        joined.push_str(prefix);
+        joined.push('/');
+        joined.push_str(name);
+        Ok(StreamName(std::sync::Arc::from(joined)))
     }
 
     /// The name as a string slice.
@@ -109,6 +138,35 @@ impl AsRef<str> for StreamName {
     }
 }
 
+/// The checks of [`StreamName::new`] after its length checks, in its
+/// order: control characters, then segments (empty, `.`, `..`, a reserved
+/// first one).
+fn check_parts(name: &str) -> Result<(), NameError> {
+    // `char::is_control` is U+0000–U+001F and U+007F–U+009F. The ASCII
+    // ones are found by a branch-free fold over the bytes (vectorized; a
+    // `chars()` scan decodes and branches per character); the rest only
+    // exist in non-ASCII names, which take the `chars()` scan.
+    let ascii_control = name
+        .bytes()
+        .fold(false, |bad, b| bad | (b < 0x20) | (b == 0x7f));
+    if ascii_control
+        || (!name.is_ascii() && name.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c)))
+    {
+        return Err(NameError::ControlChar);
+    }
+    let mut first = true;
+    for seg in name.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(NameError::BadSegment);
+        }
+        if first && seg == RESERVED_SEGMENT {
+            return Err(NameError::Reserved);
+        }
+        first = false;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +196,45 @@ mod tests {
         );
     }
 
+    #[test]
+    fn scoped_names() {
+        assert_eq!(StreamName::scoped("t", "a/b").unwrap().as_str(), "t/a/b");
+        assert_eq!(StreamName::scoped("t", "__ds/x"), Err(NameError::Reserved));
+        assert_eq!(StreamName::scoped("", "a"), Err(NameError::BadSegment));
+        assert_eq!(StreamName::scoped("__ds", "a"), Err(NameError::Reserved));
+        // Past the stack buffer: the same name through a `String`.
+        let long = "x".repeat(300);
+        assert_eq!(
+            StreamName::scoped("t", &long).unwrap().as_str(),
+            format!("t/{long}")
+        );
+        assert_eq!(
+            StreamName::scoped("t", &"x".repeat(MAX_NAME_LEN - 1)),
+            Err(NameError::TooLong)
+        );
+    }
+
     proptest! {
+        /// The byte scan finds exactly what `char::is_control` finds.
+        #[test]
+        fn control_chars_are_chars_is_control(s in "[\\u{0}-\\u{ff}a/]{0,16}") {
+            prop_assert_eq!(
+                matches!(check_parts(&s), Err(NameError::ControlChar)),
+                s.chars().any(char::is_control)
+            );
+        }
+
+        /// `scoped` answers what validating the name, then the joined
+        /// name, answers.
+        #[test]
+        fn scoped_is_new_of_the_joined_name(
+            p in "(__ds)?[a./\\u{85}]{0,6}",
+            n in "(__ds)?[a./\\n]{0,6}",
+        ) {
+            let joined = StreamName::new(&n).and_then(|_| StreamName::new(&format!("{p}/{n}")));
+            prop_assert_eq!(StreamName::scoped(&p, &n), joined);
+        }
+
         #[test]
         fn valid_names_have_no_traversal(s in ".{0,64}") {
             if let Ok(n) = StreamName::new(&s) {

@@ -118,8 +118,8 @@ struct MemoEntry<V> {
 
 /// The hasher of maps whose keys already are keyed SipHash values (the
 /// memo here, the local rate limiter's GCRA store): hashing them again would
-/// only cost time. A `u64` key is its own hash; a `u128` key hashes to its
-/// low half, which stays independent of a shard chosen by the high half.
+/// only cost time. A `u64` key is its own hash (callers shard by bits the
+/// map does not use).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Prehashed(u64);
 
@@ -135,9 +135,6 @@ impl Hasher for Prehashed {
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
     }
 }
 

@@ -118,18 +118,14 @@ pub async fn dispatch_in_tenant(
 
 /// A stream name in storage: scoped under the tenant when there is one.
 pub(crate) fn scoped(tenant: Option<&str>, path: &str) -> Result<StreamName, ApiError> {
-    // Validate the client's part (so `__ds` stays reserved) and the whole.
-    let own = StreamName::new(path)
-        .map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))?;
-    let Some(t) = tenant else {
-        return Ok(own);
-    };
-    // `authz::scoped_name`, without the formatting machinery.
-    let mut full = String::with_capacity(t.len() + 1 + path.len());
-    full.push_str(t);
-    full.push('/');
-    full.push_str(path);
-    StreamName::new(&full).map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))
+    // The client's part is validated on its own (so `__ds` stays reserved)
+    // and the whole as a name: `StreamName::scoped` does both in one pass
+    // and one allocation.
+    match tenant {
+        None => StreamName::new(path),
+        Some(t) => StreamName::scoped(t, path),
+    }
+    .map_err(|e| ApiError::bad_request("stream_name_invalid", e.to_string()))
 }
 
 /// Routes a request under the stream root by method.

@@ -1,9 +1,13 @@
 //! The in-process GCRA store with a hard memory bound.
 //!
-//! Keys are hashed to 128 bits with two randomly keyed SipHashes (fixed-size
+//! Keys are hashed to 64 bits with one randomly keyed SipHash (fixed-size
 //! entries whatever the key length, and no attacker-chosen collisions), so
-//! an entry costs the same ~25 bytes for a short IP as for a long JWT
-//! subject. Each of 64 shards holds at most `max_keys / 64` entries. When a
+//! an entry costs the same ~17 bytes for a short IP as for a long JWT
+//! subject. 64 bits are enough: the store never holds more than `max_keys`
+//! (10⁵ by default), so the chance that two live keys share a hash — and
+//! with it a limit — is about `max_keys² / 2⁶⁵` (≈ 3·10⁻¹⁰), and the random
+//! key leaves a client no way to aim for one. A second SipHash for 128 bits
+//! cost ~300 instructions per request for nothing measurable. Each of 64 shards holds at most `max_keys / 64` entries. When a
 //! shard is full, keys whose TAT has passed are dropped first — they are
 //! fully replenished, so forgetting them changes nothing; if the shard is
 //! still full, the ⅛ of keys closest to replenishment go (the least state
@@ -30,18 +34,18 @@ use crate::clock::SharedClock;
 
 const SHARDS: usize = 64;
 
-/// Per-entry bytes of a `HashMap<u128, u64>` slot (key, value, control byte).
-const ENTRY_BYTES: usize = 16 + 8 + 1;
+/// Per-entry bytes of a `HashMap<u64, u64>` slot (key, value, control byte).
+const ENTRY_BYTES: usize = 8 + 8 + 1;
 
 /// A shard: keyed-hash → TAT. The keys already are keyed SipHash values,
-/// so the map uses them as they are instead of hashing them a third time.
-type Shard = HashMap<u128, u64, BuildHasherDefault<Prehashed>>;
+/// so the map uses them as they are instead of hashing them again.
+type Shard = HashMap<u64, u64, BuildHasherDefault<Prehashed>>;
 
 #[derive(Debug)]
 pub struct LocalBackend {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
-    hashers: (RandomState, RandomState),
+    hasher: RandomState,
     clock: SharedClock,
 }
 
@@ -59,20 +63,17 @@ impl LocalBackend {
                 })
                 .collect(),
             per_shard,
-            hashers: (RandomState::new(), RandomState::new()),
+            hasher: RandomState::new(),
             clock,
         }
     }
 
-    /// The 128-bit hash of what `feed` writes (for a `str` key: its bytes
+    /// The keyed hash of what `feed` writes (for a `str` key: its bytes
     /// then `0xff`, as `str`'s `Hash` writes them).
-    fn hash_fed(&self, feed: impl Fn(&mut DefaultHasher)) -> u128 {
-        let mut a = self.hashers.0.build_hasher();
-        let mut b = self.hashers.1.build_hasher();
-        feed(&mut a);
-        feed(&mut b);
-        (u128::from(std::hash::Hasher::finish(&a)) << 64)
-            | u128::from(std::hash::Hasher::finish(&b))
+    fn hash_fed(&self, feed: impl FnOnce(&mut DefaultHasher)) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        feed(&mut h);
+        std::hash::Hasher::finish(&h)
     }
 
     fn now_us(&self) -> u64 {
@@ -89,14 +90,15 @@ impl LocalBackend {
     /// string first (the rate limiter's per-request path).
     pub(crate) fn check_with(
         &self,
-        feed: impl Fn(&mut DefaultHasher),
+        feed: impl FnOnce(&mut DefaultHasher),
         limit: &Limit,
         cost: u64,
     ) -> Decision {
         let h = self.hash_fed(feed);
         let now = self.now_us();
-        // The shard by the high half, the map's buckets by the low one.
-        let mut shard = self.shards[((h >> 64) as usize) % SHARDS].lock();
+        // The shard by bits 32..38; the map's buckets use the low bits and
+        // its control bytes the top seven, so the three stay independent.
+        let mut shard = self.shards[((h >> 32) as usize) % SHARDS].lock();
         let full = shard.len() >= self.per_shard;
         match shard.entry(h) {
             Entry::Occupied(mut e) => {

@@ -210,7 +210,9 @@ async fn main() {
     });
     let raw = server.nats().await.client().clone();
     raw_srv.flush().await.unwrap();
-    // The headers a Weir call carries.
+    // The headers a Weir call carries (deadline and traceparent: a root
+    // context's correlation id is its trace id, which travels in the
+    // traceparent, not in a header of its own).
     let mut headers = HeaderMap::new();
     Ctx::with_timeout(Duration::from_secs(5)).write_headers(&mut headers, Duration::from_secs(5));
 

@@ -78,24 +78,30 @@ impl CallHandler for Base {
             if call.idempotent {
                 hm.insert(h::names::IDEMPOTENT, "1");
             }
-            let reply = transport
-                .request_to(
-                    async_nats::Subject::from(&*call.subject),
-                    Some(hm),
-                    call.payload,
-                    remaining,
-                )
-                .await
-                .map_err(|e| match e {
-                    TransportError::TimedOut => ServiceError::DeadlineExceeded,
-                    TransportError::NoResponders => {
-                        ServiceError::NoResponders(call.subject.to_string())
-                    }
-                    TransportError::PayloadTooLarge { size, max } => {
-                        ServiceError::PayloadTooLarge { size, max }
-                    }
-                    TransportError::Connection(c) => ServiceError::Transport(c),
-                })?;
+            let subject = async_nats::Subject::from(&*call.subject);
+            // Core NATS is awaited in this future; only other transports go
+            // through the trait's boxed future.
+            let reply = match transport.as_nats() {
+                Some(nats) => {
+                    nats.send_request(subject, Some(hm), call.payload, remaining)
+                        .await
+                }
+                None => {
+                    transport
+                        .request_to(subject, Some(hm), call.payload, remaining)
+                        .await
+                }
+            };
+            let reply = reply.map_err(|e| match e {
+                TransportError::TimedOut => ServiceError::DeadlineExceeded,
+                TransportError::NoResponders => {
+                    ServiceError::NoResponders(call.subject.to_string())
+                }
+                TransportError::PayloadTooLarge { size, max } => {
+                    ServiceError::PayloadTooLarge { size, max }
+                }
+                TransportError::Connection(c) => ServiceError::Transport(c),
+            })?;
             check_reply(reply)
         })
     }

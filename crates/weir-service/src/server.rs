@@ -514,7 +514,11 @@ impl Drop for InFlight {
 /// Reads messages until stopped; on stop, unsubscribes and handles what was
 /// already buffered. Resubscribes with backoff if the subscription ends on
 /// its own (connection closed and reopened).
-async fn pump<F>(
+///
+/// `on_message` returns the part of a message's handling that this loop
+/// awaits itself (an endpoint's reply to a handler that finished at once);
+/// anything longer it spawns.
+async fn pump<F, Fut>(
     inner: &Arc<Inner>,
     subject: &str,
     queue: Option<String>,
@@ -522,7 +526,8 @@ async fn pump<F>(
     mut stop: watch::Receiver<bool>,
     mut on_message: F,
 ) where
-    F: FnMut(Message),
+    F: FnMut(Message) -> Fut,
+    Fut: Future<Output = ()>,
 {
     let mut attempt = 0u32;
     // One stop future for the whole loop (not one per message).
@@ -534,12 +539,12 @@ async fn pump<F>(
             _ = &mut stopped => {
                 sub.drain().await;
                 while let Some(m) = sub.next().await {
-                    on_message(m);
+                    on_message(m).await;
                 }
                 return;
             }
             m = sub.next() => match m {
-                Some(m) => { attempt = 0; on_message(m) },
+                Some(m) => { attempt = 0; on_message(m).await },
                 None => {
                     if inner.draining.load(Ordering::Acquire) { return; }
                     tracing::warn!(subject, "subscription ended; resubscribing");
@@ -568,65 +573,98 @@ async fn serve_endpoint(
 ) {
     let inner2 = inner.clone();
     pump(&inner, &subject, queue, sub, stop, move |msg| {
-        let guard = InFlight::new(&inner2);
-        let (inner, stats, handler) = (inner2.clone(), stats.clone(), handler.clone());
-        let mut fut = Box::pin(async move {
-            handle_request(&inner, &stats, &handler, msg, max_time).await;
-            drop(guard);
-        });
-        // Fast path: a handler that completes without waiting (and a reply
-        // that fits the connection's buffer) is answered inline, without a
-        // task. Otherwise the task polls it again with a real waker.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if fut.as_mut().poll(&mut cx).is_pending() {
-            tokio::spawn(fut);
+        // Fast path: a handler that completes at its first poll is answered
+        // from this loop, as a raw NATS responder would, without a boxed
+        // future or a task per request (and without the in-flight count:
+        // a drain joins this loop before it waits for in-flight work).
+        // Otherwise `start_request` has spawned a task that owns the rest.
+        let done = start_request(&inner2, &stats, &handler, msg, max_time)
+            .map(|d| (d, inner2.clone(), stats.clone()));
+        async move {
+            if let Some(((reply_to, result, start), inner, stats)) = done {
+                finish_request(&inner, &stats, reply_to, result, start).await;
+            }
         }
     })
     .await;
 }
 
-async fn handle_request(
-    inner: &Inner,
-    stats: &EpStats,
+/// A request whose handler finished at its first poll: where to reply,
+/// the outcome, when handling began.
+type Finished = (
+    async_nats::Subject,
+    Result<middleware::Reply, Problem>,
+    tokio::time::Instant,
+);
+
+/// Everything of a request up to the handler's first poll. Returns the
+/// outcome if the handler is already done (or never ran: expired deadline);
+/// otherwise spawns a task that waits for it (at most until the deadline,
+/// then drops it: that is the cancellation) and replies, and returns `None`.
+fn start_request(
+    inner: &Arc<Inner>,
+    stats: &Arc<EpStats>,
     handler: &BoxHandler,
     msg: Message,
     max_time: Duration,
-) {
+) -> Option<Finished> {
     let Some(reply_to) = msg.reply else {
         tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
-        return;
+        return None;
     };
-    let start = std::time::Instant::now();
+    // One clock read per request: the local deadline and the handler time.
     let now = tokio::time::Instant::now();
     let ctx = Ctx::from_headers_at(msg.headers.as_ref(), now);
     let deadline = ctx.deadline().unwrap_or(now + max_time);
-    let result = if deadline <= now {
-        Err(deadline_problem())
-    } else {
-        let fut = handler.call(Request {
-            subject: msg.subject,
-            headers: msg.headers,
-            payload: msg.payload,
-            ctx,
-        });
-        let mut fut = AssertUnwindSafe(fut).catch_unwind();
-        // A handler that is ready at its first poll needs no timer: the
-        // deadline was checked above and it never waited. Otherwise dropping
-        // the future when the deadline passes is the cancellation: the
-        // handler stops at its next await point.
-        let outcome = match futures::poll!(&mut fut) {
-            std::task::Poll::Ready(r) => Ok(r),
-            std::task::Poll::Pending => tokio::time::timeout_at(deadline, fut).await,
-        };
-        match outcome {
-            Ok(Ok(r)) => r,
-            Ok(Err(_panic)) => {
-                tracing::error!(endpoint = %stats.info.subject, "handler panicked");
-                Err(Problem::internal())
-            }
-            Err(_) => Err(deadline_problem()),
+    if deadline <= now {
+        return Some((reply_to, Err(deadline_problem()), now));
+    }
+    let mut fut = handler.call(Request {
+        subject: msg.subject,
+        headers: msg.headers,
+        payload: msg.payload,
+        ctx,
+    });
+    // A handler that is ready at its first poll needs no timer and no task:
+    // the deadline was checked above and it never waited. The noop waker is
+    // enough: a pending handler is polled again by its task, with a real one.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        Ok(std::task::Poll::Ready(r)) => Some((reply_to, r, now)),
+        Ok(std::task::Poll::Pending) => {
+            let guard = InFlight::new(inner);
+            let (inner, stats) = (inner.clone(), stats.clone());
+            tokio::spawn(async move {
+                let outcome =
+                    tokio::time::timeout_at(deadline, AssertUnwindSafe(fut).catch_unwind()).await;
+                let result = match outcome {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_panic)) => {
+                        tracing::error!(endpoint = %stats.info.subject, "handler panicked");
+                        Err(Problem::internal())
+                    }
+                    Err(_) => Err(deadline_problem()),
+                };
+                finish_request(&inner, &stats, reply_to, result, now).await;
+                drop(guard);
+            });
+            None
         }
-    };
+        Err(_panic) => {
+            tracing::error!(endpoint = %stats.info.subject, "handler panicked");
+            Some((reply_to, Err(Problem::internal()), now))
+        }
+    }
+}
+
+/// Records the request (metrics, `$SRV` stats) and sends its reply.
+async fn finish_request(
+    inner: &Inner,
+    stats: &EpStats,
+    reply_to: async_nats::Subject,
+    result: Result<middleware::Reply, Problem>,
+    start: tokio::time::Instant,
+) {
     let elapsed = start.elapsed();
     stats.duration.record(elapsed.as_secs_f64());
     if result.is_ok() {
@@ -648,11 +686,7 @@ async fn handle_request(
             error_message(&p)
         }
     };
-    match inner
-        .transport
-        .reply(reply_to.clone(), headers, payload)
-        .await
-    {
+    match send_reply(inner, reply_to.clone(), headers, payload).await {
         Ok(()) => {}
         Err(TransportError::PayloadTooLarge { size, max }) => {
             let p = Problem::new(
@@ -660,9 +694,23 @@ async fn handle_request(
                 format!("the reply of {size} bytes exceeds max_payload {max}"),
             );
             let (h, b) = error_message(&p);
-            let _ = inner.transport.reply(reply_to, h, b).await;
+            let _ = send_reply(inner, reply_to, h, b).await;
         }
         Err(e) => tracing::warn!(error = %e, "cannot send reply"),
+    }
+}
+
+/// A reply through core NATS directly when the transport is NATS (no boxed
+/// `async_trait` future per reply), else through the trait.
+async fn send_reply(
+    inner: &Inner,
+    to: async_nats::Subject,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+) -> Result<(), TransportError> {
+    match inner.transport.as_nats() {
+        Some(nats) => nats.send_reply(to, headers, payload).await,
+        None => inner.transport.reply(to, headers, payload).await,
     }
 }
 
@@ -711,6 +759,7 @@ async fn serve_listener(
             }
             drop(guard);
         });
+        std::future::ready(())
     })
     .await;
 }

@@ -147,6 +147,15 @@ pub trait Transport: Send + Sync + 'static {
     fn leases(&self) -> Option<Arc<dyn crate::timer::LeaseStore>> {
         None
     }
+
+    /// This transport as core NATS, if it is: the per-message paths (a
+    /// client's request, an endpoint's reply) then call its inherent
+    /// methods directly, because every `async_trait` method boxes its
+    /// future and a request's is large (callgrind: the box, its copy and
+    /// its free cost about as much as parsing the reply).
+    fn as_nats(&self) -> Option<&NatsTransport> {
+        None
+    }
 }
 
 /// Encoded size of a message as the broker counts it (payload plus headers).

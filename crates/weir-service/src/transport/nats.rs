@@ -198,6 +198,47 @@ impl NatsTransport {
     pub fn jetstream(&self) -> &async_nats::jetstream::Context {
         &self.js
     }
+
+    /// [`Transport::request_to`] as an inherent `async fn`: the client's
+    /// per-call path awaits it inside its own future, where the trait
+    /// method (`async_trait`) boxed the whole request future per call.
+    pub(crate) async fn send_request(
+        &self,
+        subject: Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, TransportError> {
+        self.max_payload
+            .check(&self.client, headers.as_ref(), &payload)?;
+        let mut req = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        if let Some(h) = headers {
+            req = req.headers(h);
+        }
+        self.client
+            .send_request(subject, req)
+            .await
+            .map_err(request_err)
+    }
+
+    /// [`Transport::reply`] as an inherent `async fn` (no boxed future per
+    /// reply on the endpoint path).
+    pub(crate) async fn send_reply(
+        &self,
+        to: Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        self.max_payload
+            .check(&self.client, headers.as_ref(), &payload)?;
+        match headers {
+            None => self.client.publish(to, payload).await,
+            Some(h) => self.client.publish_with_headers(to, h, payload).await,
+        }
+        .map_err(conn_err)
+    }
 }
 
 struct NatsSub(async_nats::Subscriber);
@@ -293,18 +334,7 @@ impl Transport for NatsTransport {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, TransportError> {
-        self.max_payload
-            .check(&self.client, headers.as_ref(), &payload)?;
-        let mut req = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
-        if let Some(h) = headers {
-            req = req.headers(h);
-        }
-        self.client
-            .send_request(subject, req)
-            .await
-            .map_err(request_err)
+        self.send_request(subject, headers, payload, timeout).await
     }
 
     async fn reply(
@@ -313,13 +343,7 @@ impl Transport for NatsTransport {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<(), TransportError> {
-        self.max_payload
-            .check(&self.client, headers.as_ref(), &payload)?;
-        match headers {
-            None => self.client.publish(to, payload).await,
-            Some(h) => self.client.publish_with_headers(to, h, payload).await,
-        }
-        .map_err(conn_err)
+        self.send_reply(to, headers, payload).await
     }
 
     async fn subscribe(
@@ -353,5 +377,9 @@ impl Transport for NatsTransport {
 
     fn leases(&self) -> Option<Arc<dyn crate::timer::LeaseStore>> {
         Some(self.leases.clone())
+    }
+
+    fn as_nats(&self) -> Option<&NatsTransport> {
+        Some(self)
     }
 }

@@ -65,46 +65,52 @@ impl CallHandler for Base {
     fn call(&self, call: Call) -> BoxFuture<'static, Result<Message, ServiceError>> {
         let transport = self.transport.clone();
         let default_timeout = self.default_timeout;
-        Box::pin(async move {
-            // One clock read for the expiry check and the budget sent on.
-            let now = Instant::now();
-            let remaining = match call.ctx.deadline() {
-                Some(d) if d <= now => return Err(ServiceError::DeadlineExceeded),
-                Some(d) => d - now,
-                None => default_timeout,
-            };
-            let mut hm = call.headers.unwrap_or_default();
-            call.ctx.write_headers_with(&mut hm, remaining);
-            if call.idempotent {
-                hm.insert(h::names::IDEMPOTENT, "1");
-            }
-            let subject = async_nats::Subject::from(&*call.subject);
-            // Core NATS is awaited in this future; only other transports go
-            // through the trait's boxed future.
-            let reply = match transport.as_nats() {
-                Some(nats) => {
-                    nats.send_request(subject, Some(hm), call.payload, remaining)
-                        .await
-                }
-                None => {
-                    transport
-                        .request_to(subject, Some(hm), call.payload, remaining)
-                        .await
-                }
-            };
-            let reply = reply.map_err(|e| match e {
-                TransportError::TimedOut => ServiceError::DeadlineExceeded,
-                TransportError::NoResponders => {
-                    ServiceError::NoResponders(call.subject.to_string())
-                }
-                TransportError::PayloadTooLarge { size, max } => {
-                    ServiceError::PayloadTooLarge { size, max }
-                }
-                TransportError::Connection(c) => ServiceError::Transport(c),
-            })?;
-            check_reply(reply)
-        })
+        Box::pin(async move { send(&*transport, default_timeout, call, Instant::now()).await })
     }
+}
+
+/// The base step of a call, with the clock already read at `now` (one
+/// clock read for the expiry check, the budget sent on and, on the inline
+/// path, the call's latency).
+async fn send(
+    transport: &dyn Transport,
+    default_timeout: Duration,
+    call: Call,
+    now: Instant,
+) -> Result<Message, ServiceError> {
+    let remaining = match call.ctx.deadline() {
+        Some(d) if d <= now => return Err(ServiceError::DeadlineExceeded),
+        Some(d) => d - now,
+        None => default_timeout,
+    };
+    let mut hm = call.headers.unwrap_or_default();
+    call.ctx.write_headers_with(&mut hm, remaining);
+    if call.idempotent {
+        hm.insert(h::names::IDEMPOTENT, "1");
+    }
+    let subject = async_nats::Subject::from(&*call.subject);
+    // Core NATS: async-nats' future awaited right here (see
+    // `NatsTransport::start_request`); other transports through the trait.
+    let reply = match transport.as_nats() {
+        Some(nats) => match nats.start_request(subject, Some(hm), call.payload, remaining) {
+            Ok(fut) => fut.await.map_err(crate::transport::nats::request_err),
+            Err(e) => Err(e),
+        },
+        None => {
+            transport
+                .request_to(subject, Some(hm), call.payload, remaining)
+                .await
+        }
+    };
+    let reply = reply.map_err(|e| match e {
+        TransportError::TimedOut => ServiceError::DeadlineExceeded,
+        TransportError::NoResponders => ServiceError::NoResponders(call.subject.to_string()),
+        TransportError::PayloadTooLarge { size, max } => {
+            ServiceError::PayloadTooLarge { size, max }
+        }
+        TransportError::Connection(c) => ServiceError::Transport(c),
+    })?;
+    check_reply(reply)
 }
 
 /// Turns an error reply (ADR-32 error headers) into [`ServiceError::Remote`].
@@ -186,42 +192,52 @@ pub struct RetryLayer(pub RetryPolicy);
 
 impl ClientLayer for RetryLayer {
     fn layer(&self, inner: BoxCallHandler) -> BoxCallHandler {
-        let p = self.0;
-        let budget = Arc::new(Budget {
+        retry_handler(self.0, Arc::new(Budget::new(&self.0)), inner)
+    }
+}
+
+impl Budget {
+    fn new(p: &RetryPolicy) -> Budget {
+        Budget {
             milli_tokens: AtomicU64::new((p.budget_max_tokens * 1000.0) as u64),
             deposit: (p.budget_ratio * 1000.0) as u64,
             max: (p.budget_max_tokens * 1000.0) as u64,
-        });
-        Arc::new(
-            move |call: Call| -> BoxFuture<'static, Result<Message, ServiceError>> {
-                budget.deposit();
-                if !call.idempotent {
-                    return inner.call(call);
-                }
-                let (inner, budget) = (inner.clone(), budget.clone());
-                Box::pin(async move {
-                    let mut attempt = 0;
-                    loop {
-                        let r = inner.call(call.clone()).await;
-                        match r {
-                            Err(e) if e.is_transient() && attempt + 1 < p.max_attempts => {
-                                let wait = backoff(p.base, p.max_backoff, attempt);
-                                let left = call.ctx.remaining();
-                                if left.is_some_and(|l| l <= wait) || !budget.withdraw() {
-                                    return Err(e);
-                                }
-                                metrics::counter!(crate::metrics::RETRIES, "subject" => call.subject.to_string()).increment(1);
-                                tracing::debug!(subject = %call.subject, attempt, error = %e, "retrying idempotent call");
-                                tokio::time::sleep(wait).await;
-                                attempt += 1;
-                            }
-                            other => return other,
-                        }
-                    }
-                })
-            },
-        )
+        }
     }
+}
+
+/// The retry layer's handler over `budget` (shared with the client's
+/// inline path, which deposits into it too).
+fn retry_handler(p: RetryPolicy, budget: Arc<Budget>, inner: BoxCallHandler) -> BoxCallHandler {
+    Arc::new(
+        move |call: Call| -> BoxFuture<'static, Result<Message, ServiceError>> {
+            budget.deposit();
+            if !call.idempotent {
+                return inner.call(call);
+            }
+            let (inner, budget) = (inner.clone(), budget.clone());
+            Box::pin(async move {
+                let mut attempt = 0;
+                loop {
+                    let r = inner.call(call.clone()).await;
+                    match r {
+                        Err(e) if e.is_transient() && attempt + 1 < p.max_attempts => {
+                            let wait = backoff(p.base, p.max_backoff, attempt);
+                            let left = call.ctx.remaining();
+                            if left.is_some_and(|l| l <= wait) || !budget.withdraw() {
+                                return Err(e);
+                            }
+                            metrics::counter!(crate::metrics::RETRIES, "subject" => call.subject.to_string()).increment(1);
+                            tracing::debug!(subject = %call.subject, attempt, error = %e, "retrying idempotent call");
+                            tokio::time::sleep(wait).await;
+                            attempt += 1;
+                        }
+                        other => return other,
+                    }
+                }
+            })
+        },
+    )
 }
 
 /// Circuit breaker settings.
@@ -366,46 +382,57 @@ struct HandleCache {
     map: HashMap<Arc<str>, Arc<Handles>>,
 }
 
+impl HandleCache {
+    /// The handles of `subject`. Read-mostly: every call after a subject's
+    /// first only takes the shared lock, so concurrent callers do not queue
+    /// behind each other. The subject whose handles were registered last is
+    /// compared before the map is consulted: a client that calls one
+    /// subject (the common case) never hashes it.
+    fn handles(cache: &RwLock<HandleCache>, subject: &Arc<str>) -> Arc<Handles> {
+        let cached = {
+            let c = cache.read();
+            match &c.last {
+                Some((s, h)) if **s == **subject => Some(h.clone()),
+                _ => c.map.get(subject).cloned(),
+            }
+        };
+        cached.unwrap_or_else(|| {
+            let mut c = cache.write();
+            let h = c
+                .map
+                .entry(subject.clone())
+                .or_insert_with(|| {
+                    let s = subject.to_string();
+                    Arc::new((
+                        metrics::counter!(crate::metrics::CLIENT_CALLS, "subject" => s.clone(), "result" => "ok"),
+                        metrics::counter!(crate::metrics::CLIENT_CALLS, "subject" => s.clone(), "result" => "error"),
+                        metrics::histogram!(crate::metrics::CLIENT_DURATION, "subject" => s),
+                    ))
+                })
+                .clone();
+            c.last = Some((subject.clone(), h.clone()));
+            h
+        })
+    }
+}
+
+/// Records one call's latency and outcome.
+fn record(handles: &Handles, elapsed: Duration, ok: bool) {
+    handles.2.record(elapsed.as_secs_f64());
+    if ok { &handles.0 } else { &handles.1 }.increment(1);
+}
+
 impl ClientLayer for ClientMetricsLayer {
     fn layer(&self, inner: BoxCallHandler) -> BoxCallHandler {
-        // Read-mostly: every call after a subject's first only takes the
-        // shared lock, so concurrent callers do not queue behind each other.
-        // The subject whose handles were registered last is compared before
-        // the map is consulted: a client that calls one subject (the common
-        // case) never hashes it.
         let cache: Arc<RwLock<HandleCache>> = Arc::default();
         Arc::new(
             move |call: Call| -> BoxFuture<'static, Result<Message, ServiceError>> {
-                let cached = {
-                    let c = cache.read();
-                    match &c.last {
-                        Some((s, h)) if **s == *call.subject => Some(h.clone()),
-                        _ => c.map.get(&call.subject).cloned(),
-                    }
-                };
-                let handles = cached.unwrap_or_else(|| {
-                    let mut c = cache.write();
-                    let h = c
-                        .map
-                        .entry(call.subject.clone())
-                        .or_insert_with(|| {
-                            let s = call.subject.to_string();
-                            Arc::new((
-                                metrics::counter!(crate::metrics::CLIENT_CALLS, "subject" => s.clone(), "result" => "ok"),
-                                metrics::counter!(crate::metrics::CLIENT_CALLS, "subject" => s.clone(), "result" => "error"),
-                                metrics::histogram!(crate::metrics::CLIENT_DURATION, "subject" => s),
-                            ))
-                        })
-                        .clone();
-                    c.last = Some((call.subject.clone(), h.clone()));
-                    h
-                });
+                let handles = HandleCache::handles(&cache, &call.subject);
                 let fut = inner.call(call);
                 Box::pin(async move {
-                    let start = std::time::Instant::now();
+                    let start = Instant::now();
                     let r = fut.await;
-                    handles.2.record(start.elapsed().as_secs_f64());
-                    if r.is_ok() { &handles.0 } else { &handles.1 }.increment(1);
+                    record(&handles, start.elapsed(), r.is_ok());
                     r
                 })
             },
@@ -413,11 +440,26 @@ impl ClientLayer for ClientMetricsLayer {
     }
 }
 
+/// The default stack (metrics → retry → base, no added layers) for calls
+/// that are not idempotent, run inline by [`Client::call_raw`]: what the
+/// three layers do to such a call, in the caller's future, instead of a
+/// boxed future per layer (the base's is over a kilobyte: glibc's slow
+/// path) and a second clock read.
+struct Inline {
+    transport: Arc<dyn Transport>,
+    default_timeout: Duration,
+    budget: Arc<Budget>,
+    metrics: Option<RwLock<HandleCache>>,
+}
+
 /// A client: calls services and publishes events.
 #[derive(Clone)]
 pub struct Client {
     transport: Arc<dyn Transport>,
     stack: BoxCallHandler,
+    /// The default stack's path for calls that are not idempotent
+    /// (`None` with added layers or without retries: then the stack).
+    inline: Option<Arc<Inline>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -474,8 +516,18 @@ impl ClientBuilder {
         for l in self.layers.iter().rev() {
             stack = l.layer(stack);
         }
+        let mut inline = None;
         if let Some(p) = self.retry {
-            stack = RetryLayer(p).layer(stack);
+            let budget = Arc::new(Budget::new(&p));
+            if self.layers.is_empty() {
+                inline = Some(Arc::new(Inline {
+                    transport: self.transport.clone(),
+                    default_timeout: self.default_timeout,
+                    budget: budget.clone(),
+                    metrics: self.metrics.then(RwLock::default),
+                }));
+            }
+            stack = retry_handler(p, budget, stack);
         }
         if self.metrics {
             stack = ClientMetricsLayer.layer(stack);
@@ -483,6 +535,7 @@ impl ClientBuilder {
         Client {
             transport: self.transport,
             stack,
+            inline,
         }
     }
 }
@@ -509,7 +562,23 @@ impl Client {
 
     /// Sends a raw call through the stack.
     pub async fn call_raw(&self, call: Call) -> Result<Message, ServiceError> {
-        self.stack.call(call).await
+        let Some(inline) = self.inline.as_deref().filter(|_| !call.idempotent) else {
+            return self.stack.call(call).await;
+        };
+        // The default stack inline: metrics, a retry-budget deposit (as
+        // every call makes), the base step; one clock read for the deadline
+        // and the latency.
+        let handles = inline
+            .metrics
+            .as_ref()
+            .map(|m| HandleCache::handles(m, &call.subject));
+        inline.budget.deposit();
+        let start = Instant::now();
+        let r = send(&*inline.transport, inline.default_timeout, call, start).await;
+        if let Some(h) = handles {
+            record(&h, start.elapsed(), r.is_ok());
+        }
+        r
     }
 
     /// Calls `subject` with raw bytes.

@@ -199,9 +199,7 @@ impl NatsTransport {
         &self.js
     }
 
-    /// [`Transport::request_to`] as an inherent `async fn`: the client's
-    /// per-call path awaits it inside its own future, where the trait
-    /// method (`async_trait`) boxed the whole request future per call.
+    /// [`Transport::request_to`] as an inherent `async fn`.
     pub(crate) async fn send_request(
         &self,
         subject: Subject,
@@ -209,6 +207,26 @@ impl NatsTransport {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, TransportError> {
+        self.start_request(subject, headers, payload, timeout)?
+            .await
+            .map_err(request_err)
+    }
+
+    /// The size check, then async-nats' own request future, returned as is:
+    /// the client's per-call path awaits it inside its own future. Each
+    /// `async fn` wrapped around it would be one more copy of a future of
+    /// more than a kilobyte per call, and the trait method (`async_trait`)
+    /// boxed it (a large allocation: glibc's slow path).
+    pub(crate) fn start_request(
+        &self,
+        subject: Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Message, async_nats::RequestError>> + '_,
+        TransportError,
+    > {
         self.max_payload
             .check(&self.client, headers.as_ref(), &payload)?;
         let mut req = async_nats::Request::new()
@@ -217,10 +235,7 @@ impl NatsTransport {
         if let Some(h) = headers {
             req = req.headers(h);
         }
-        self.client
-            .send_request(subject, req)
-            .await
-            .map_err(request_err)
+        Ok(self.client.send_request(subject, req))
     }
 
     /// [`Transport::reply`] as an inherent `async fn` (no boxed future per
@@ -267,7 +282,7 @@ fn conn_err(e: impl std::fmt::Display) -> TransportError {
     TransportError::Connection(e.to_string())
 }
 
-fn request_err(e: async_nats::RequestError) -> TransportError {
+pub(crate) fn request_err(e: async_nats::RequestError) -> TransportError {
     match e.kind() {
         RequestErrorKind::TimedOut => TransportError::TimedOut,
         RequestErrorKind::NoResponders => TransportError::NoResponders,

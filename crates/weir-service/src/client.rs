@@ -65,8 +65,28 @@ impl CallHandler for Base {
     fn call(&self, call: Call) -> BoxFuture<'static, Result<Message, ServiceError>> {
         let transport = self.transport.clone();
         let default_timeout = self.default_timeout;
-        Box::pin(async move { send(&*transport, default_timeout, call, Instant::now()).await })
+        Box::pin(async move {
+            let out = Outgoing {
+                subject: &call.subject,
+                payload: call.payload,
+                ctx: &call.ctx,
+                headers: call.headers,
+                idempotent: call.idempotent,
+            };
+            send(&*transport, default_timeout, out, Instant::now()).await
+        })
     }
+}
+
+/// A [`Call`]'s parts as the base step uses them, borrowed where it only
+/// reads them: [`Client::request`] sends without building a `Call` (no
+/// `Arc<str>` for the subject, no context clone per call).
+struct Outgoing<'a> {
+    subject: &'a str,
+    payload: Bytes,
+    ctx: &'a Ctx,
+    headers: Option<HeaderMap>,
+    idempotent: bool,
 }
 
 /// The base step of a call, with the clock already read at `now` (one
@@ -75,7 +95,7 @@ impl CallHandler for Base {
 async fn send(
     transport: &dyn Transport,
     default_timeout: Duration,
-    call: Call,
+    call: Outgoing<'_>,
     now: Instant,
 ) -> Result<Message, ServiceError> {
     let remaining = match call.ctx.deadline() {
@@ -88,7 +108,7 @@ async fn send(
     if call.idempotent {
         hm.insert(h::names::IDEMPOTENT, "1");
     }
-    let subject = async_nats::Subject::from(&*call.subject);
+    let subject = async_nats::Subject::from(call.subject);
     // Core NATS: async-nats' future awaited right here (see
     // `NatsTransport::start_request`); other transports through the trait.
     let reply = match transport.as_nats() {
@@ -388,16 +408,17 @@ impl HandleCache {
     /// behind each other. The subject whose handles were registered last is
     /// compared before the map is consulted: a client that calls one
     /// subject (the common case) never hashes it.
-    fn handles(cache: &RwLock<HandleCache>, subject: &Arc<str>) -> Arc<Handles> {
+    fn handles(cache: &RwLock<HandleCache>, subject: &str) -> Arc<Handles> {
         let cached = {
             let c = cache.read();
             match &c.last {
-                Some((s, h)) if **s == **subject => Some(h.clone()),
+                Some((s, h)) if **s == *subject => Some(h.clone()),
                 _ => c.map.get(subject).cloned(),
             }
         };
         cached.unwrap_or_else(|| {
             let mut c = cache.write();
+            let subject: Arc<str> = Arc::from(subject);
             let h = c
                 .map
                 .entry(subject.clone())
@@ -450,6 +471,26 @@ struct Inline {
     default_timeout: Duration,
     budget: Arc<Budget>,
     metrics: Option<RwLock<HandleCache>>,
+}
+
+impl Inline {
+    /// Before the base step: the subject's metric handles, the retry-budget
+    /// deposit every call makes, the clock read.
+    fn begin(&self, subject: &str) -> (Option<Arc<Handles>>, Instant) {
+        let handles = self
+            .metrics
+            .as_ref()
+            .map(|m| HandleCache::handles(m, subject));
+        self.budget.deposit();
+        (handles, Instant::now())
+    }
+
+    /// After it: latency and outcome.
+    fn end(handles: Option<Arc<Handles>>, start: Instant, ok: bool) {
+        if let Some(h) = handles {
+            record(&h, start.elapsed(), ok);
+        }
+    }
 }
 
 /// A client: calls services and publishes events.
@@ -568,16 +609,16 @@ impl Client {
         // The default stack inline: metrics, a retry-budget deposit (as
         // every call makes), the base step; one clock read for the deadline
         // and the latency.
-        let handles = inline
-            .metrics
-            .as_ref()
-            .map(|m| HandleCache::handles(m, &call.subject));
-        inline.budget.deposit();
-        let start = Instant::now();
-        let r = send(&*inline.transport, inline.default_timeout, call, start).await;
-        if let Some(h) = handles {
-            record(&h, start.elapsed(), r.is_ok());
-        }
+        let (handles, start) = inline.begin(&call.subject);
+        let out = Outgoing {
+            subject: &call.subject,
+            payload: call.payload,
+            ctx: &call.ctx,
+            headers: call.headers,
+            idempotent: call.idempotent,
+        };
+        let r = send(&*inline.transport, inline.default_timeout, out, start).await;
+        Inline::end(handles, start, r.is_ok());
         r
     }
 
@@ -589,6 +630,20 @@ impl Client {
         payload: Bytes,
         idempotent: bool,
     ) -> Result<Bytes, ServiceError> {
+        // The inline path of `call_raw`, from the borrowed parts.
+        if let Some(inline) = self.inline.as_deref().filter(|_| !idempotent) {
+            let (handles, start) = inline.begin(subject);
+            let out = Outgoing {
+                subject,
+                payload,
+                ctx,
+                headers: None,
+                idempotent,
+            };
+            let r = send(&*inline.transport, inline.default_timeout, out, start).await;
+            Inline::end(handles, start, r.is_ok());
+            return r.map(|m| m.payload);
+        }
         self.call_raw(Call {
             subject: subject.into(),
             payload,

@@ -710,32 +710,49 @@ async fn finish_request(
             error_message(&p)
         }
     };
-    match send_reply(inner, reply_to.clone(), headers, payload).await {
-        Ok(()) => {}
-        Err(TransportError::PayloadTooLarge { size, max }) => {
-            let p = Problem::new(
-                weir_layer::ErrorCode::PayloadTooLarge,
-                format!("the reply of {size} bytes exceeds max_payload {max}"),
-            );
-            let (h, b) = error_message(&p);
-            let _ = send_reply(inner, reply_to, h, b).await;
+    // Core NATS: the size is checked before anything is sent, so the reply
+    // subject is used once (not cloned for the too-large case) and
+    // async-nats' publish future is awaited here, without a future of ours
+    // around it (each would be one more copy of it per request).
+    let sent = match inner.transport.as_nats() {
+        Some(nats) => {
+            let (headers, payload) = match nats.check_size(headers.as_ref(), &payload) {
+                Err(TransportError::PayloadTooLarge { size, max }) => too_large(size, max),
+                _ => (headers, payload),
+            };
+            match headers {
+                None => nats.client().publish(reply_to, payload).await,
+                Some(h) => {
+                    nats.client()
+                        .publish_with_headers(reply_to, h, payload)
+                        .await
+                }
+            }
+            .map_err(crate::transport::nats::conn_err)
         }
-        Err(e) => tracing::warn!(error = %e, "cannot send reply"),
+        None => match inner
+            .transport
+            .reply(reply_to.clone(), headers, payload)
+            .await
+        {
+            Err(TransportError::PayloadTooLarge { size, max }) => {
+                let (h, b) = too_large(size, max);
+                inner.transport.reply(reply_to, h, b).await
+            }
+            other => other,
+        },
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot send reply");
     }
 }
 
-/// A reply through core NATS directly when the transport is NATS (no boxed
-/// `async_trait` future per reply), else through the trait.
-async fn send_reply(
-    inner: &Inner,
-    to: async_nats::Subject,
-    headers: Option<HeaderMap>,
-    payload: Bytes,
-) -> Result<(), TransportError> {
-    match inner.transport.as_nats() {
-        Some(nats) => nats.send_reply(to, headers, payload).await,
-        None => inner.transport.reply(to, headers, payload).await,
-    }
+/// The error reply sent instead of a reply over `max_payload`.
+fn too_large(size: usize, max: usize) -> (Option<HeaderMap>, Bytes) {
+    error_message(&Problem::new(
+        weir_layer::ErrorCode::PayloadTooLarge,
+        format!("the reply of {size} bytes exceeds max_payload {max}"),
+    ))
 }
 
 /// An error reply: ADR-32 headers plus the problem body (never internals).

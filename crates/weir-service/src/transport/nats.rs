@@ -238,8 +238,16 @@ impl NatsTransport {
         Ok(self.client.send_request(subject, req))
     }
 
-    /// [`Transport::reply`] as an inherent `async fn` (no boxed future per
-    /// reply on the endpoint path).
+    /// The `max_payload` check of a message about to be published.
+    pub(crate) fn check_size(
+        &self,
+        headers: Option<&HeaderMap>,
+        payload: &Bytes,
+    ) -> Result<(), TransportError> {
+        self.max_payload.check(&self.client, headers, payload)
+    }
+
+    /// [`Transport::reply`] as an inherent `async fn`.
     pub(crate) async fn send_reply(
         &self,
         to: Subject,
@@ -278,7 +286,7 @@ impl SubscriptionImpl for NatsSub {
     }
 }
 
-fn conn_err(e: impl std::fmt::Display) -> TransportError {
+pub(crate) fn conn_err(e: impl std::fmt::Display) -> TransportError {
     TransportError::Connection(e.to_string())
 }
 

@@ -30,9 +30,10 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::Authenticator;
+use crate::auth::credential_of;
 use crate::http::{
-    add_rate_limit_headers, authenticate, authenticate_now, begin_request, check_rate_limit,
-    check_rate_limit_now, method_name, stamp,
+    AuthNow, LayerHeaders, add_rate_limit_headers, admit_now, authenticate, authentication_now,
+    begin_request_with, check_rate_limit, check_rate_limit_now, method_name, stamp,
 };
 use crate::metrics::names;
 use crate::ratelimit::{PolicyDecision, RateLimiter};
@@ -210,7 +211,22 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let (id, span) = begin_request(&mut req);
+        // One pass over the headers finds all the layer reads; the request
+        // id and what authentication can answer at once are decided on it
+        // (nothing there logs: the span is opened next), then applied.
+        let (id, traceparent, auth_now) = {
+            let h = LayerHeaders::scan(req.headers());
+            let (id, traceparent) = RequestId::from_values(h.request_id, h.traceparent);
+            let auth_now = authentication_now(
+                &self.shared.auth,
+                req.method(),
+                req.uri().path(),
+                req.headers(),
+                credential_of(h.authorization, h.api_key),
+            );
+            (id, traceparent, auth_now)
+        };
+        let (id, span) = begin_request_with(&mut req, id, traceparent);
         let fin = Finish {
             // `MatchedPath` is an `Arc<str>` inside: cloning it is a count.
             route: req.extensions().get::<MatchedPath>().cloned(),
@@ -220,7 +236,7 @@ where
             id,
         };
         let entered = span.enter();
-        match check_now(&self.shared, &mut req, &span) {
+        match check_now(&self.shared, &mut req, &span, auth_now) {
             // The common case (no credential lookup, a local limiter): the
             // service below is called here, so it need not be cloned into
             // the future.
@@ -261,11 +277,17 @@ where
 }
 
 /// Authentication and the rate limit, as far as they go without waiting.
-fn check_now<B>(shared: &Shared, req: &mut Request<B>, span: &tracing::Span) -> Checked {
-    match authenticate_now(&shared.auth, req, span) {
-        None => return Checked::AuthPending,
-        Some(Err(refusal)) => return Checked::Refused(refusal),
-        Some(Ok(())) => {}
+fn check_now<B>(
+    shared: &Shared,
+    req: &mut Request<B>,
+    span: &tracing::Span,
+    auth_now: Option<AuthNow>,
+) -> Checked {
+    let Some(now) = auth_now else {
+        return Checked::AuthPending;
+    };
+    if let Err(refusal) = admit_now(&shared.auth, req, now, span) {
+        return Checked::Refused(refusal);
     }
     let Some(limiter) = shared.limiter.as_deref() else {
         return Checked::Pass(Vec::new());

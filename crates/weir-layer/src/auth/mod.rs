@@ -232,10 +232,19 @@ impl Authenticator {
         &self,
         h: &http::HeaderMap,
     ) -> Option<Result<Arc<Principal>, AuthError>> {
+        self.authenticate_credential_now(credential(h))
+    }
+
+    /// [`Authenticator::authenticate_now`] given the request's
+    /// [`credential`] (found by a caller that read the headers already).
+    pub(crate) fn authenticate_credential_now(
+        &self,
+        credential: Result<Option<&str>, AuthError>,
+    ) -> Option<Result<Arc<Principal>, AuthError>> {
         if self.mode == AuthMode::None {
             return Some(Ok(self.anonymous.clone()));
         }
-        match credential(h) {
+        match credential {
             Err(e) => Some(Err(e)),
             Ok(None) if self.mode == AuthMode::Optional => Some(Ok(self.anonymous.clone())),
             Ok(None) => Some(Err(AuthError::Missing)),
@@ -273,8 +282,19 @@ impl TokenVerifier for Authenticator {
 /// Another scheme, or both headers, is malformed (ambiguous credentials are
 /// refused rather than guessed at).
 pub fn credential(h: &http::HeaderMap) -> Result<Option<&str>, AuthError> {
-    let auth = h.get(http::header::AUTHORIZATION);
-    let key = h.get("x-api-key");
+    credential_of(h.get(http::header::AUTHORIZATION), h.get(&X_API_KEY))
+}
+
+/// `X-Api-Key`, prebuilt: looked up by `&str`, the header name would be
+/// parsed and validated on every request.
+pub(crate) static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
+/// [`credential`] given the (first) `Authorization` and `X-Api-Key`
+/// values.
+pub(crate) fn credential_of<'a>(
+    auth: Option<&'a http::HeaderValue>,
+    key: Option<&'a http::HeaderValue>,
+) -> Result<Option<&'a str>, AuthError> {
     fn text(v: &http::HeaderValue) -> Result<&str, AuthError> {
         v.to_str()
             .map_err(|_| AuthError::Malformed("credential is not ASCII".into()))

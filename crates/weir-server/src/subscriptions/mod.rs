@@ -937,7 +937,13 @@ fn is_token_route(root: &str, method: &Method, path: &str) -> bool {
             None => false,
         }
     }
-    if *method != Method::POST {
+    // Every token route ends in its action: any other request (every
+    // append, every read) is turned away by its last bytes, before the
+    // prefixes are taken apart — the hook runs on each authenticated
+    // request.
+    if *method != Method::POST
+        || !(path.ends_with("/callback") || path.ends_with("/ack") || path.ends_with("/release"))
+    {
         return false;
     }
     let in_tenant = path

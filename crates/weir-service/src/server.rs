@@ -537,12 +537,24 @@ async fn pump<F, Fut>(
     // `ServiceHandle::drain` sets before it signals the stop.
     let stopped = stop.changed();
     tokio::pin!(stopped);
+    // Once polled, the stop future stays registered with this task's waker,
+    // so it is polled again only once the drain has begun (the flag is set
+    // before the stop is signalled; a dropped handle aborts the task).
+    let mut stop_registered = false;
     loop {
-        let next = tokio::select! {
-            biased;
-            m = sub.next() => Some(m),
-            _ = &mut stopped => None,
-        };
+        let next = std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(m) = sub.poll_next_unpin(cx) {
+                return std::task::Poll::Ready(Some(m));
+            }
+            if !stop_registered || inner.draining.load(Ordering::Acquire) {
+                stop_registered = true;
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(None);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await;
         match next {
             Some(Some(m)) => {
                 attempt = 0;

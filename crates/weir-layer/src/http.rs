@@ -562,7 +562,11 @@ pub(crate) async fn check_rate_limit(
     if !limiter.config().enabled {
         return Ok(Vec::new());
     }
-    verdict(limiter.check(request_info(method, path, ext)).await)
+    verdict(
+        limiter
+            .check(request_info(limiter, method, path, ext))
+            .await,
+    )
 }
 
 /// [`check_rate_limit`] when the limiter answers without waiting (it is
@@ -577,23 +581,30 @@ pub(crate) fn check_rate_limit_now(
         return Some(Ok(Vec::new()));
     }
     limiter
-        .check_now(request_info(method, path, ext))
+        .check_now(request_info(limiter, method, path, ext))
         .map(verdict)
 }
 
 fn request_info<'a>(
+    limiter: &RateLimiter,
     method: &'a http::Method,
     path: &'a str,
     ext: &'a http::Extensions,
 ) -> RequestInfo<'a> {
-    let ip = ext
-        .get::<ClientIp>()
-        .map(|c| c.0)
-        .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
+    let principal = principal_of(ext);
+    // The client address costs two extension lookups; an authenticated
+    // request is keyed by it only under an `ip` rule.
+    let ip = if limiter.keys_by_ip(principal) {
+        ext.get::<ClientIp>()
+            .map(|c| c.0)
+            .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+    } else {
+        None
+    };
     RequestInfo {
         method,
         path,
-        principal: principal_of(ext),
+        principal,
         ip,
     }
 }

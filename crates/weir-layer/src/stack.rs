@@ -110,7 +110,9 @@ impl Shared {
         // Recorded under the read lock: no handle clones (two reference
         // counts up and down) per request.
         if let Some(hs) = self.handles.read().get(route)
-            && let Some((_, _, h)) = hs.iter().find(|(m, s, _)| *s == status && *m == method)
+            && let Some((_, _, h)) = hs
+                .iter()
+                .find(|(m, s, _)| *s == status && same_method(m, method))
         {
             h.requests.increment(1);
             h.duration.record(secs);
@@ -141,6 +143,12 @@ impl Shared {
         self.in_flight
             .get_or_init(|| metrics::gauge!(names::HTTP_IN_FLIGHT))
     }
+}
+
+/// Method labels are the `&'static str`s of `method_name`: the same
+/// label is (nearly always) the same pointer, compared before the bytes.
+fn same_method(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 /// Counts a request in `weir_http_requests_in_flight` while it lives: a

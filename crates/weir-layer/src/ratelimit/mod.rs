@@ -268,6 +268,11 @@ pub struct RateLimiter {
     /// Every policy by name, for the response headers (foldhash: short
     /// keys from the operator's config, no need for SipHash).
     by_name: foldhash::HashMap<Arc<str>, Arc<Policy>>,
+    /// The same policies in a list: a decision's name is the policy's own
+    /// `Arc`, so a pointer compare over the first few finds it without
+    /// hashing the name (`by_name` answers past them, or for a decision
+    /// built by hand).
+    all: Vec<Arc<Policy>>,
     local: Arc<local::LocalBackend>,
     #[cfg(feature = "redis")]
     redis: Option<redis::RedisBackend>,
@@ -309,11 +314,12 @@ impl RateLimiter {
                     .collect()
             })
             .collect();
-        let by_name = policies
+        let all: Vec<Arc<Policy>> = policies
             .iter()
             .flat_map(BTreeMap::values)
-            .map(|p| (p.name.clone(), p.clone()))
+            .cloned()
             .collect();
+        let by_name = all.iter().map(|p| (p.name.clone(), p.clone())).collect();
         let local = Arc::new(local::LocalBackend::new(cfg.local_max_keys, clock.clone()));
         #[cfg(feature = "redis")]
         let redis = match cfg.backend {
@@ -347,6 +353,7 @@ impl RateLimiter {
             cfg,
             policies,
             by_name,
+            all,
             local,
             #[cfg(feature = "redis")]
             redis,
@@ -355,6 +362,17 @@ impl RateLimiter {
 
     pub fn config(&self) -> &RateLimitConfig {
         &self.cfg
+    }
+
+    /// Whether a request of this principal can be keyed by its address
+    /// (see `key_of`): an anonymous one always, an authenticated one only
+    /// under a rule keyed `ip`. Otherwise the caller need not look the
+    /// address up.
+    pub fn keys_by_ip(&self, p: Option<&Principal>) -> bool {
+        match p {
+            Some(p) if !p.is_anonymous() => self.cfg.rules.iter().any(|r| r.key == KeyBy::Ip),
+            _ => true,
+        }
     }
 
     /// The local store (memory accounting, tests).
@@ -536,7 +554,13 @@ impl RateLimiter {
         &self,
         ds: &[PolicyDecision],
     ) -> (Option<http::HeaderValue>, Option<http::HeaderValue>) {
-        let policy = |d: &PolicyDecision| self.by_name.get(&d.policy);
+        let policy = |d: &PolicyDecision| {
+            self.all
+                .iter()
+                .take(8)
+                .find(|p| Arc::ptr_eq(&p.name, &d.policy))
+                .or_else(|| self.by_name.get(&d.policy))
+        };
         let ratelimit = ds
             .iter()
             .min_by_key(|d| (d.decision.allowed, d.decision.remaining))

@@ -109,11 +109,22 @@ async fn send(
         hm.insert(h::names::IDEMPOTENT, "1");
     }
     let subject = async_nats::Subject::from(call.subject);
-    // Core NATS: async-nats' future awaited right here (see
-    // `NatsTransport::start_request`); other transports through the trait.
+    // Core NATS: async-nats' request future awaited right here, built in
+    // place (not returned in a `Result` or wrapped in a future of ours: each
+    // would be one more copy of over a kilobyte per call, and the trait
+    // method boxed it); other transports through the trait.
     let reply = match transport.as_nats() {
-        Some(nats) => match nats.start_request(subject, Some(hm), call.payload, remaining) {
-            Ok(fut) => fut.await.map_err(crate::transport::nats::request_err),
+        Some(nats) => match nats.check_size(Some(&hm), &call.payload) {
+            Ok(()) => {
+                let req = async_nats::Request::new()
+                    .payload(call.payload)
+                    .timeout(Some(remaining))
+                    .headers(hm);
+                nats.client()
+                    .send_request(subject, req)
+                    .await
+                    .map_err(crate::transport::nats::request_err)
+            }
             Err(e) => Err(e),
         },
         None => {

@@ -207,26 +207,6 @@ impl NatsTransport {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, TransportError> {
-        self.start_request(subject, headers, payload, timeout)?
-            .await
-            .map_err(request_err)
-    }
-
-    /// The size check, then async-nats' own request future, returned as is:
-    /// the client's per-call path awaits it inside its own future. Each
-    /// `async fn` wrapped around it would be one more copy of a future of
-    /// more than a kilobyte per call, and the trait method (`async_trait`)
-    /// boxed it (a large allocation: glibc's slow path).
-    pub(crate) fn start_request(
-        &self,
-        subject: Subject,
-        headers: Option<HeaderMap>,
-        payload: Bytes,
-        timeout: Duration,
-    ) -> Result<
-        impl std::future::Future<Output = Result<Message, async_nats::RequestError>> + '_,
-        TransportError,
-    > {
         self.max_payload
             .check(&self.client, headers.as_ref(), &payload)?;
         let mut req = async_nats::Request::new()
@@ -235,10 +215,15 @@ impl NatsTransport {
         if let Some(h) = headers {
             req = req.headers(h);
         }
-        Ok(self.client.send_request(subject, req))
+        self.client
+            .send_request(subject, req)
+            .await
+            .map_err(request_err)
     }
 
-    /// The `max_payload` check of a message about to be published.
+    /// The `max_payload` check of a message about to be published (the
+    /// client's and the endpoints' per-message paths check, then call
+    /// async-nats directly).
     pub(crate) fn check_size(
         &self,
         headers: Option<&HeaderMap>,

@@ -400,6 +400,20 @@ const LOWER_HEX_DIGIT: [u8; 256] = {
 /// At most 16 hex digits (either case) as a `u64`: a table lookup per
 /// digit, no 128-bit shifts (a traceparent is parsed on every message).
 fn hex_u64(b: &[u8], table: &[u8; 256]) -> Option<u64> {
+    // The ids of a traceparent are 16-digit halves: eight digits at a time.
+    if let Ok(b16) = <&[u8; 16]>::try_from(b) {
+        let lower_only = table[usize::from(b'A')] == INVALID;
+        let (hi, lo) = b16.split_at(8);
+        let hi = hex8(
+            u64::from_le_bytes(<[u8; 8]>::try_from(hi).ok()?),
+            lower_only,
+        )?;
+        let lo = hex8(
+            u64::from_le_bytes(<[u8; 8]>::try_from(lo).ok()?),
+            lower_only,
+        )?;
+        return Some(u64::from(hi) << 32 | u64::from(lo));
+    }
     let mut acc = 0u64;
     let mut bad = 0u8;
     for &c in b.iter().take(16) {
@@ -409,6 +423,36 @@ fn hex_u64(b: &[u8], table: &[u8; 256]) -> Option<u64> {
     }
     // Every valid digit is below 16; an invalid byte sets the high bits.
     (bad & 0xf0 == 0 && b.len() <= 16).then_some(acc)
+}
+
+/// Eight hex digits (first digit in the low byte, as loaded little-endian)
+/// as a `u32`, all bytes at once: each byte is classified by adding a bias
+/// that carries into its high bit exactly when it is at least the range's
+/// first character (bytes are checked to be ASCII first, so no carry
+/// crosses into the next byte), then the nibbles are packed pairwise.
+/// About a third of the per-digit table loop, which ran 48 times per
+/// received traceparent.
+fn hex8(x: u64, lower_only: bool) -> Option<u32> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    if x & HIGH != 0 {
+        return None;
+    }
+    let at_least = |c: u8| x.wrapping_add(ONES * u64::from(0x80 - c)) & HIGH;
+    let digit = at_least(b'0') & !at_least(b'9' + 1);
+    let mut letter = at_least(b'a') & !at_least(b'f' + 1);
+    if !lower_only {
+        letter |= at_least(b'A') & !at_least(b'F' + 1);
+    }
+    if digit | letter != HIGH {
+        return None;
+    }
+    // '0'..'9' -> 0..9; 'a'/'A'.. -> 1.. + 9.
+    let nib = (x & (ONES * 0x0f)) + (letter >> 7) * 9;
+    let x = ((nib << 4) | (nib >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let x = ((x << 8) | (x >> 16)) & 0x0000_ffff_0000_ffff;
+    let x = ((x << 16) | (x >> 32)) & 0x0000_0000_ffff_ffff;
+    u32::try_from(x).ok()
 }
 
 /// Writes `bytes` as lower-case hex into `out` (two digits per byte).
@@ -445,6 +489,26 @@ mod tests {
         assert_eq!(parse_hex("/"), None);
         assert_eq!(parse_hex(":"), None);
         assert_eq!(parse_hex("000000000000000000000000000000000"), None);
+        // Sixteen-digit halves go eight digits at a time: every byte value
+        // in every position agrees with the per-digit table.
+        for pos in 0..16 {
+            for c in 0..=255u8 {
+                let mut d = *b"0123456789abcdef";
+                d[pos] = c;
+                let per_digit = |table: &[u8; 256]| {
+                    d.iter().try_fold(0u64, |acc, &c| {
+                        let v = table[usize::from(c)];
+                        (v < 16).then_some(acc << 4 | u64::from(v))
+                    })
+                };
+                assert_eq!(hex_u64(&d, &HEX_DIGIT), per_digit(&HEX_DIGIT), "{pos} {c}");
+                assert_eq!(
+                    hex_u64(&d, &LOWER_HEX_DIGIT),
+                    per_digit(&LOWER_HEX_DIGIT),
+                    "{pos} {c}"
+                );
+            }
+        }
         // Upper-case parent ids are read (only the trace id must be lower).
         let t =
             TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01").unwrap();

@@ -56,6 +56,10 @@ enum Cmd {
         /// Rounds of (off, on); medians are reported.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Storage backend of both servers: `log` (the durable default) or
+        /// `memory` (the layer's cost without the disk's variance).
+        #[arg(long, default_value = "log")]
+        storage: String,
         #[command(flatten)]
         settings: Settings,
     },
@@ -105,9 +109,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::Overhead {
                 weir_bin,
                 rounds,
+                storage,
                 settings,
             } => {
-                overhead::run(weir_bin.as_deref(), rounds, &settings).await?;
+                overhead::run(weir_bin.as_deref(), rounds, &storage, &settings).await?;
             }
             Cmd::Profile(args) => profile::run(&args).await?,
             Cmd::FloorServer => floor::serve().await?,

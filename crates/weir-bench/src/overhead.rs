@@ -68,7 +68,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-pub async fn run(weir_bin: Option<&Path>, rounds: usize, s: &Settings) -> anyhow::Result<()> {
+pub async fn run(
+    weir_bin: Option<&Path>,
+    rounds: usize,
+    storage: &str,
+    s: &Settings,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let weir = crate::servers::weir_bin(weir_bin);
     let db = dir.path().join("layer.db");
@@ -83,6 +88,8 @@ pub async fn run(weir_bin: Option<&Path>, rounds: usize, s: &Settings) -> anyhow
             cfg.into(),
             "--data-dir".into(),
             dir.path().join(data).into(),
+            "--storage".into(),
+            storage.into(),
         ]
     };
     let off = Spawned::weir(&weir, args(&off_cfg, "data-off")).await?;

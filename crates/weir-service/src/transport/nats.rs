@@ -321,18 +321,8 @@ impl Transport for NatsTransport {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, TransportError> {
-        self.max_payload
-            .check(&self.client, headers.as_ref(), &payload)?;
-        let mut req = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
-        if let Some(h) = headers {
-            req = req.headers(h);
-        }
-        self.client
-            .send_request(Subject::from(subject), req)
+        self.send_request(Subject::from(subject), headers, payload, timeout)
             .await
-            .map_err(request_err)
     }
 
     async fn request_to(

@@ -3,32 +3,18 @@
 //! run again — and never see data whose sync failed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use weir_core::StreamName;
 use weir_core::offset::ReadFrom;
-use weir_storage::log::backend::{self, LogOptions, LogStorage};
-use weir_storage::log::engine::EngineOptions;
+use weir_storage::log::backend::LogStorage;
 use weir_storage::log::sim::{Faults, SimFs};
 use weir_storage::{Storage, contract};
 
-fn opts() -> LogOptions {
-    LogOptions {
-        engine: EngineOptions {
-            segment_size: 64 * 1024,
-            ..EngineOptions::default()
-        },
-        min_free_bytes: 0,
-        ..LogOptions::default()
-    }
-}
-
 fn open(fs: &SimFs) -> LogStorage {
-    let lock = tempfile::tempfile().unwrap();
-    backend::open_with(Arc::new(fs.clone()), lock, opts())
-        .unwrap()
-        .0
+    common::open_sim(fs, 64 * 1024)
 }
 
 /// Polls `fut` exactly once (submitting the append) and gives it back

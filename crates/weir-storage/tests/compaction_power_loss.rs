@@ -9,38 +9,23 @@
 //! `WEIR_SIM_ITERS` raises the number of seeds (default 8, three crashes each).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use weir_core::StreamName;
 use weir_core::offset::ReadFrom;
-use weir_storage::log::backend::{self, LogOptions, LogStorage};
+use weir_storage::log::backend::LogStorage;
 use weir_storage::log::compact::{self, CompactOptions};
-use weir_storage::log::engine::EngineOptions;
 use weir_storage::log::sim::SimFs;
 use weir_storage::{Storage, contract};
 
 const KEEPERS: usize = 2;
 const UNIT: usize = 200;
 
-fn opts() -> LogOptions {
-    LogOptions {
-        engine: EngineOptions {
-            segment_size: 32 * 1024,
-            ..EngineOptions::default()
-        },
-        min_free_bytes: 0,
-        ..LogOptions::default()
-    }
-}
-
 fn open(fs: &SimFs) -> Arc<LogStorage> {
-    let lock = tempfile::tempfile().unwrap();
-    Arc::new(
-        backend::open_with(Arc::new(fs.clone()), lock, opts())
-            .unwrap()
-            .0,
-    )
+    Arc::new(common::open_sim(fs, 32 * 1024))
 }
 
 fn name(n: &str) -> StreamName {

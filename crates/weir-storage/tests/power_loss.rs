@@ -8,6 +8,8 @@
 //! `WEIR_SIM_ITERS` raises the number of seeds (default 24, three crashes each).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -15,27 +17,12 @@ use tokio::sync::Mutex;
 use weir_core::StreamName;
 use weir_core::offset::ReadFrom;
 use weir_core::producer::ProducerHeaders;
-use weir_storage::log::backend::{self, LogOptions, LogStorage};
-use weir_storage::log::engine::EngineOptions;
+use weir_storage::log::backend::LogStorage;
 use weir_storage::log::sim::{Faults, SimFs};
 use weir_storage::{AppendAck, Storage, StorageError, contract};
 
-fn opts() -> LogOptions {
-    LogOptions {
-        engine: EngineOptions {
-            segment_size: 64 * 1024,
-            ..EngineOptions::default()
-        },
-        min_free_bytes: 0,
-        ..LogOptions::default()
-    }
-}
-
 fn open(fs: &SimFs) -> LogStorage {
-    let lock = tempfile::tempfile().unwrap();
-    backend::open_with(Arc::new(fs.clone()), lock, opts())
-        .unwrap()
-        .0
+    common::open_sim(fs, 64 * 1024)
 }
 
 const STREAMS: usize = 4;

@@ -4,11 +4,12 @@
 //! are removed, then a scrape shows exactly the log's `reclaimed_bytes`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use weir_server::transport::{self, TransportConfig};
-use weir_server::{AppState, ServerConfig, router};
+use weir_server::transport::TransportConfig;
+use weir_server::{AppState, ServerConfig};
 use weir_storage::Storage;
 use weir_storage::log::backend::{self, LogOptions, LogStorage};
 use weir_storage::log::compact::{self, CompactOptions};
@@ -45,17 +46,8 @@ async fn metrics_show_the_bytes_compaction_reclaimed() {
     )
     .unwrap();
     let state = AppState::new(log.clone(), ServerConfig::default()).with_layer(layer);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(transport::serve(
-        listener,
-        router(state.clone()),
-        TransportConfig::default(),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let srv = common::TestServer::with_state(state, TransportConfig::default()).await;
+    let base = srv.base.clone();
     let client = reqwest::Client::new();
     let url = |n: &str| format!("{base}/v1/stream/{n}");
     let send = |req: reqwest::RequestBuilder| async move {
@@ -122,11 +114,8 @@ async fn metrics_show_the_bytes_compaction_reclaimed() {
         "{text}"
     );
 
-    state.begin_shutdown();
-    let _ = tx.send(());
-    server.await.unwrap().unwrap();
+    srv.stop().await;
     log.shutdown().await;
-    drop(state);
     drop(log);
     let _ = std::fs::remove_dir_all(&dir);
 }

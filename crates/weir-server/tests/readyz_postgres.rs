@@ -4,16 +4,17 @@
 //! the machine's PostgreSQL (`WEIR_PG_URL`), in a database of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use weir_layer::auth::apikey::ApiKeyConfig;
 use weir_layer::secret::Secret;
 use weir_layer::store::StoreKind;
 use weir_layer::store::postgres::testing::TestDatabase;
-use weir_server::transport::{self, TransportConfig};
-use weir_server::{AppState, ServerConfig, router};
+use weir_server::transport::TransportConfig;
+use weir_server::{AppState, ServerConfig};
 use weir_storage::memory::MemoryStorage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,17 +41,8 @@ async fn readyz_follows_the_postgres_store() {
     .unwrap();
     let state = AppState::new(Arc::new(MemoryStorage::default()), ServerConfig::default())
         .with_layer(layer);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(transport::serve(
-        listener,
-        router(state.clone()),
-        TransportConfig::default(),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let srv = common::TestServer::with_state(state, TransportConfig::default()).await;
+    let base = srv.base.clone();
     let client = reqwest::Client::new();
     let readyz = || async {
         let r = client.get(format!("{base}/readyz")).send().await.unwrap();
@@ -103,7 +95,5 @@ async fn readyz_follows_the_postgres_store() {
         "{metrics}"
     );
 
-    state.begin_shutdown();
-    let _ = tx.send(());
-    server.await.unwrap().unwrap();
+    srv.stop().await;
 }

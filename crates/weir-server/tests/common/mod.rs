@@ -33,7 +33,13 @@ impl TestServer {
         cfg: ServerConfig,
         tcfg: TransportConfig,
     ) -> TestServer {
-        let state = AppState::new(storage.clone(), cfg);
+        TestServer::with_state(AppState::new(storage, cfg), tcfg).await
+    }
+
+    /// Serves an application state built by the test (a production layer,
+    /// a particular backend).
+    pub async fn with_state(state: AppState, tcfg: TransportConfig) -> TestServer {
+        let storage = state.storage.clone();
         let app = router(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

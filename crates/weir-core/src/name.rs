@@ -51,13 +51,7 @@ pub enum NameError {
 impl StreamName {
     /// Validates a stream-root-relative name (no leading slash).
     pub fn new(name: &str) -> Result<StreamName, NameError> {
-        if name.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if name.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong);
-        }
-        check_parts(name)?;
+        validate(name)?;
         Ok(StreamName(std::sync::Arc::from(name)))
     }
 
@@ -69,13 +63,7 @@ impl StreamName {
     /// joined name is built once: the request path of every append under
     /// a tenant validated and allocated it twice.
     pub fn scoped(prefix: &str, name: &str) -> Result<StreamName, NameError> {
-        if name.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if name.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong);
-        }
-        check_parts(name)?;
+        validate(name)?;
         let len = prefix.len() + 1 + name.len();
         if len > MAX_NAME_LEN {
             return Err(NameError::TooLong);
@@ -138,9 +126,20 @@ impl AsRef<str> for StreamName {
     }
 }
 
-/// The checks of [`StreamName::new`] after its length checks, in its
-/// order: control characters, then segments (empty, `.`, `..`, a reserved
-/// first one).
+/// Every check of [`StreamName::new`], in its order.
+fn validate(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong);
+    }
+    check_parts(name)
+}
+
+/// The checks of [`validate`] after its length checks, in its order:
+/// control characters, then segments (empty, `.`, `..`, a reserved first
+/// one).
 fn check_parts(name: &str) -> Result<(), NameError> {
     // `char::is_control` is U+0000–U+001F and U+007F–U+009F. The ASCII
     // ones are found by a branch-free fold over the bytes (vectorized; a

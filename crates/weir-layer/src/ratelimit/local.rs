@@ -7,7 +7,9 @@
 //! (10⁵ by default), so the chance that two live keys share a hash — and
 //! with it a limit — is about `max_keys² / 2⁶⁵` (≈ 3·10⁻¹⁰), and the random
 //! key leaves a client no way to aim for one. A second SipHash for 128 bits
-//! cost ~300 instructions per request for nothing measurable. Each of 64 shards holds at most `max_keys / 64` entries. When a
+//! cost ~300 instructions per request for nothing measurable.
+//!
+//! Each of 64 shards holds at most `max_keys / 64` entries. When a
 //! shard is full, keys whose TAT has passed are dropped first — they are
 //! fully replenished, so forgetting them changes nothing; if the shard is
 //! still full, the ⅛ of keys closest to replenishment go (the least state

@@ -62,18 +62,17 @@ struct Base {
 }
 
 impl CallHandler for Base {
-    fn call(&self, call: Call) -> BoxFuture<'static, Result<Message, ServiceError>> {
+    fn call(&self, mut call: Call) -> BoxFuture<'static, Result<Message, ServiceError>> {
         let transport = self.transport.clone();
         let default_timeout = self.default_timeout;
         Box::pin(async move {
-            let out = Outgoing {
-                subject: &call.subject,
-                payload: call.payload,
-                ctx: &call.ctx,
-                headers: call.headers,
-                idempotent: call.idempotent,
-            };
-            send(&*transport, default_timeout, out, Instant::now()).await
+            send(
+                &*transport,
+                default_timeout,
+                Outgoing::of(&mut call),
+                Instant::now(),
+            )
+            .await
         })
     }
 }
@@ -87,6 +86,20 @@ struct Outgoing<'a> {
     ctx: &'a Ctx,
     headers: Option<HeaderMap>,
     idempotent: bool,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A call's parts: the payload and headers taken out (the call is
+    /// spent), the rest borrowed.
+    fn of(call: &'a mut Call) -> Outgoing<'a> {
+        Outgoing {
+            subject: &call.subject,
+            payload: std::mem::take(&mut call.payload),
+            ctx: &call.ctx,
+            headers: call.headers.take(),
+            idempotent: call.idempotent,
+        }
+    }
 }
 
 /// The base step of a call, with the clock already read at `now` (one
@@ -114,17 +127,12 @@ async fn send(
     // would be one more copy of over a kilobyte per call, and the trait
     // method boxed it); other transports through the trait.
     let reply = match transport.as_nats() {
-        Some(nats) => match nats.check_size(Some(&hm), &call.payload) {
-            Ok(()) => {
-                let req = async_nats::Request::new()
-                    .payload(call.payload)
-                    .timeout(Some(remaining))
-                    .headers(hm);
-                nats.client()
-                    .send_request(subject, req)
-                    .await
-                    .map_err(crate::transport::nats::request_err)
-            }
+        Some(nats) => match nats.request_for(Some(hm), call.payload, remaining) {
+            Ok(req) => nats
+                .client()
+                .send_request(subject, req)
+                .await
+                .map_err(crate::transport::nats::request_err),
             Err(e) => Err(e),
         },
         None => {
@@ -613,7 +621,7 @@ impl Client {
     }
 
     /// Sends a raw call through the stack.
-    pub async fn call_raw(&self, call: Call) -> Result<Message, ServiceError> {
+    pub async fn call_raw(&self, mut call: Call) -> Result<Message, ServiceError> {
         let Some(inline) = self.inline.as_deref().filter(|_| !call.idempotent) else {
             return self.stack.call(call).await;
         };
@@ -621,13 +629,7 @@ impl Client {
         // every call makes), the base step; one clock read for the deadline
         // and the latency.
         let (handles, start) = inline.begin(&call.subject);
-        let out = Outgoing {
-            subject: &call.subject,
-            payload: call.payload,
-            ctx: &call.ctx,
-            headers: call.headers,
-            idempotent: call.idempotent,
-        };
+        let out = Outgoing::of(&mut call);
         let r = send(&*inline.transport, inline.default_timeout, out, start).await;
         Inline::end(handles, start, r.is_ok());
         r

@@ -675,10 +675,7 @@ fn start_request(
                     tokio::time::timeout_at(deadline, AssertUnwindSafe(fut).catch_unwind()).await;
                 let result = match outcome {
                     Ok(Ok(r)) => r,
-                    Ok(Err(_panic)) => {
-                        tracing::error!(endpoint = %stats.info.subject, "handler panicked");
-                        Err(Problem::internal())
-                    }
+                    Ok(Err(_panic)) => panicked(&stats),
                     Err(_) => Err(deadline_problem()),
                 };
                 finish_request(&inner, &stats, reply_to, result, now).await;
@@ -686,11 +683,15 @@ fn start_request(
             });
             None
         }
-        Err(_panic) => {
-            tracing::error!(endpoint = %stats.info.subject, "handler panicked");
-            Some((reply_to, Err(Problem::internal()), now))
-        }
+        Err(_panic) => Some((reply_to, panicked(stats), now)),
     }
+}
+
+/// The outcome of a handler that panicked (logged; the caller gets a bare
+/// internal error, never the panic's message).
+fn panicked(stats: &EpStats) -> Result<middleware::Reply, Problem> {
+    tracing::error!(endpoint = %stats.info.subject, "handler panicked");
+    Err(Problem::internal())
 }
 
 /// Records the request (metrics, `$SRV` stats) and sends its reply.

@@ -207,45 +207,42 @@ impl NatsTransport {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, TransportError> {
-        self.max_payload
-            .check(&self.client, headers.as_ref(), &payload)?;
-        let mut req = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
-        if let Some(h) = headers {
-            req = req.headers(h);
-        }
+        let req = self.request_for(headers, payload, timeout)?;
         self.client
             .send_request(subject, req)
             .await
             .map_err(request_err)
     }
 
-    /// The `max_payload` check of a message about to be published (the
-    /// client's and the endpoints' per-message paths check, then call
-    /// async-nats directly).
+    /// An async-nats request of these parts, after the `max_payload`
+    /// check. The client's per-call path sends it itself, so async-nats'
+    /// request future is built in place there rather than inside a future
+    /// of ours (one copy of over a kilobyte per call less).
+    pub(crate) fn request_for(
+        &self,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<async_nats::Request, TransportError> {
+        self.max_payload
+            .check(&self.client, headers.as_ref(), &payload)?;
+        let req = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        Ok(match headers {
+            Some(h) => req.headers(h),
+            None => req,
+        })
+    }
+
+    /// The `max_payload` check of a message about to be published (an
+    /// endpoint's reply path checks, then calls async-nats directly).
     pub(crate) fn check_size(
         &self,
         headers: Option<&HeaderMap>,
         payload: &Bytes,
     ) -> Result<(), TransportError> {
         self.max_payload.check(&self.client, headers, payload)
-    }
-
-    /// [`Transport::reply`] as an inherent `async fn`.
-    pub(crate) async fn send_reply(
-        &self,
-        to: Subject,
-        headers: Option<HeaderMap>,
-        payload: Bytes,
-    ) -> Result<(), TransportError> {
-        self.max_payload
-            .check(&self.client, headers.as_ref(), &payload)?;
-        match headers {
-            None => self.client.publish(to, payload).await,
-            Some(h) => self.client.publish_with_headers(to, h, payload).await,
-        }
-        .map_err(conn_err)
     }
 }
 
@@ -341,7 +338,13 @@ impl Transport for NatsTransport {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<(), TransportError> {
-        self.send_reply(to, headers, payload).await
+        self.max_payload
+            .check(&self.client, headers.as_ref(), &payload)?;
+        match headers {
+            None => self.client.publish(to, payload).await,
+            Some(h) => self.client.publish_with_headers(to, h, payload).await,
+        }
+        .map_err(conn_err)
     }
 
     async fn subscribe(

@@ -68,7 +68,7 @@ impl RequestId {
     pub fn generate() -> RequestId {
         RequestId(Repr::Generated(uuid_v7(
             crate::clock::Clock::now(&crate::clock::SystemClock).as_millis() as u64,
-            ID_RNG.with(|s| (wyrand(s), wyrand(s))),
+            (random_id_bits(), random_id_bits()),
         )))
     }
 
@@ -183,21 +183,25 @@ impl TraceParent {
 }
 
 thread_local! {
-    /// Where generated ids draw their random bits: a wyrand stream per
-    /// thread, seeded from the OS-seeded `thread_rng`. An id needs to be
-    /// unique and unguessable enough to use as a trace id (W3C: random or
-    /// pseudo-random), not secret — clients may choose their own — and the
-    /// ChaCha `thread_rng` cost ~350 instructions per id (a 16-byte fill and
-    /// its share of block refills) against ~20 for two wyrand steps.
+    /// The state behind [`random_id_bits`]: a wyrand stream per thread,
+    /// seeded from the OS-seeded `thread_rng`.
     static ID_RNG: Cell<u64> = Cell::new(rand::thread_rng().next_u64());
 }
 
-/// One wyrand step (Wang Yi's generator: passes BigCrush and PractRand).
-fn wyrand(state: &Cell<u64>) -> u64 {
-    let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
-    state.set(s);
-    let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
-    ((t >> 64) as u64) ^ (t as u64)
+/// 64 random bits for an id: a request id here, trace and span ids in the
+/// service framework. An id needs to be unique and unguessable enough to
+/// use as a trace id (W3C: random or pseudo-random), not secret — clients
+/// may choose their own — and the ChaCha `thread_rng` cost ~350
+/// instructions per id (a 16-byte fill and its share of block refills)
+/// against ~10 for a wyrand step (Wang Yi's generator: passes BigCrush and
+/// PractRand).
+pub fn random_id_bits() -> u64 {
+    ID_RNG.with(|state| {
+        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
 }
 
 /// RFC 9562 UUIDv7: 48-bit Unix milliseconds, version 7, 74 random bits

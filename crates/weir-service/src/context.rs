@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use tokio::time::Instant;
 use weir_layer::Principal;
+use weir_layer::request_id::random_id_bits;
 
 use crate::headers::names as h;
 
@@ -238,26 +239,6 @@ fn decimal(mut v: u64) -> String {
     String::from(std::str::from_utf8(&buf[i..]).unwrap_or_default())
 }
 
-/// A random `u64` for trace and span ids: SplitMix64 over a per-thread
-/// state seeded once from the OS-seeded `thread_rng`. Ids must be unique
-/// and well spread, not unpredictable, and `thread_rng` (ChaCha12) cost
-/// about 300 instructions per call by callgrind (block refills) where this
-/// costs a dozen.
-fn span_random() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(rand::random::<u64>());
-    }
-    STATE.with(|s| {
-        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set(x);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    })
-}
-
 /// W3C trace context (`traceparent` version 00).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceContext {
@@ -269,7 +250,7 @@ pub struct TraceContext {
 impl TraceContext {
     /// A new trace.
     pub fn root() -> TraceContext {
-        let (hi, lo, span) = (span_random(), span_random(), span_random());
+        let (hi, lo, span) = (random_id_bits(), random_id_bits(), random_id_bits());
         TraceContext {
             trace_id: (u128::from(hi) << 64 | u128::from(lo)).max(1),
             parent_id: span.max(1),
@@ -280,7 +261,7 @@ impl TraceContext {
     /// A child span: same trace, new span id.
     pub fn child(&self) -> TraceContext {
         TraceContext {
-            parent_id: span_random().max(1),
+            parent_id: random_id_bits().max(1),
             ..*self
         }
     }

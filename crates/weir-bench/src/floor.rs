@@ -160,16 +160,13 @@ async fn connection(mut sock: TcpStream, state: &State) -> anyhow::Result<()> {
                     }
                     _ => {
                         let (body, len) = s.read(from, 8 << 20);
-                        respond(&mut out, "200 OK", from + body.len(), &body);
-                        if from + body.len() >= len {
-                            // Mark "up to date" by inserting the header
-                            // before the blank line of the head.
-                            let end = out
-                                .windows(4)
-                                .position(|w| w == b"\r\n\r\n")
-                                .context("head")?;
-                            out.splice(end + 2..end + 2, *b"stream-up-to-date: true\r\n");
-                        }
+                        let next = from + body.len();
+                        let extra = if next >= len {
+                            "stream-up-to-date: true\r\n"
+                        } else {
+                            ""
+                        };
+                        respond_with(&mut out, "200 OK", next, extra, &body);
                     }
                 }
             }
@@ -202,9 +199,14 @@ async fn sse(mut sock: TcpStream, s: &Stream, mut from: usize) -> anyhow::Result
 }
 
 fn respond(out: &mut Vec<u8>, status: &str, next_offset: usize, body: &[u8]) {
+    respond_with(out, status, next_offset, "", body);
+}
+
+/// A response with `extra` header lines (each ending in CRLF) in its head.
+fn respond_with(out: &mut Vec<u8>, status: &str, next_offset: usize, extra: &str, body: &[u8]) {
     out.extend_from_slice(
         format!(
-            "HTTP/1.1 {status}\r\nstream-next-offset: {next_offset}\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {status}\r\nstream-next-offset: {next_offset}\r\n{extra}content-length: {}\r\n\r\n",
             body.len()
         )
         .as_bytes(),

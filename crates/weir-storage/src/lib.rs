@@ -31,6 +31,7 @@ pub mod backend;
 pub mod chunk;
 #[cfg(any(test, feature = "contract-tests"))]
 pub mod contract;
+mod lock;
 pub mod log;
 pub mod memory;
 pub mod table;

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::lock::Mutex;
 use async_trait::async_trait;
-use parking_lot::Mutex;
 
 use crate::StorageError;
 use crate::backend::{Backend, Op, Ticket};

@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use tokio::sync::{broadcast, watch};
 use weir_core::append::{self, AppendDecision, AppendRequest, Body, Commit};
 use weir_core::fork::{self, ForkError, Remaining};
@@ -31,6 +31,7 @@ use weir_core::{ContentType, Expiry, Offset, StreamName};
 
 use crate::backend::{Backend, OnDurable, Op, Publish, Ticket};
 use crate::chunk::Chunk;
+use crate::lock::Mutex;
 use crate::{
     AppendAck, AppendOutcome, CreateOutcome, CreateRequest, ReadChunk, Storage, StorageError,
     StreamEvent, StreamEventKind, StreamInfo, Tail, TailWatch,
@@ -93,6 +94,11 @@ pub(crate) struct Stream<I> {
     /// Forks (live or soft-deleted) that read from this stream.
     forks: AtomicUsize,
     last_access_ms: AtomicI64,
+    /// `Data::durable_commits`, readable without the lock: an append whose
+    /// commit the log's committer already published (the usual case)
+    /// settles without taking the stream's lock a second time, so appenders
+    /// to one hot stream contend only once per append.
+    published: AtomicU64,
 }
 
 struct Data {
@@ -845,6 +851,7 @@ impl<I> Stream<I> {
             tail_tx,
             forks: AtomicUsize::new(0),
             last_access_ms: AtomicI64::new(now),
+            published: AtomicU64::new(1),
         })
     }
 
@@ -871,6 +878,12 @@ impl<I> Stream<I> {
     /// Publishes durable progress: readers and watches see it from now on.
     /// Already published (by the log's committer) → nothing to do.
     fn publish(&self, tail: u64, closed: bool, seq: u64) {
+        // Commits are numbered in submission order and a commit's tail and
+        // closure include every earlier one's, so a published commit count
+        // at or past `seq` covers this commit entirely.
+        if self.published.load(Ordering::Acquire) >= seq {
+            return;
+        }
         let mut d = self.data.lock();
         if d.durable >= tail && d.durable_commits >= seq && (d.durable_closed || !closed) {
             return;
@@ -878,6 +891,7 @@ impl<I> Stream<I> {
         d.durable = d.durable.max(tail);
         d.durable_closed |= closed;
         d.durable_commits = d.durable_commits.max(seq);
+        self.published.store(d.durable_commits, Ordering::Release);
         let (pos, closed, commits) = (d.durable, d.durable_closed, d.durable_commits);
         drop(d);
         self.tail_tx.send_modify(|t| {
@@ -1010,6 +1024,7 @@ impl<B: Backend> Storage for Table<B> {
                 tail_tx,
                 forks: AtomicUsize::new(0),
                 last_access_ms: AtomicI64::new(now),
+                published: AtomicU64::new(0),
             });
             if let Some(src) = &source {
                 src.forks.fetch_add(1, Ordering::AcqRel);

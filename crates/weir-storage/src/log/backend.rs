@@ -22,8 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::lock::Mutex;
 use async_trait::async_trait;
-use parking_lot::Mutex;
 
 use super::codec::{self, kind_and_key};
 use super::engine::{Engine, EngineOptions, LogError, RecoveryReport, SyncMode};
@@ -74,6 +74,11 @@ pub struct LogBackend {
     pub(crate) compacted: Mutex<BTreeMap<u64, u64>>,
     /// Data bytes per stream of each sealed segment compaction has scanned.
     pub(crate) usage: Mutex<super::compact::Usage>,
+    /// Cold reads hold it shared for a whole walk down a record chain;
+    /// compaction holds it exclusively while it removes segments and drops
+    /// redirects, so a walk never finds a position it resolved a moment ago
+    /// gone from under it.
+    pub(crate) walks: Arc<std::sync::RwLock<()>>,
     /// Held for the backend's lifetime: a second process cannot open the
     /// same directory.
     _lock: File,
@@ -446,7 +451,11 @@ impl Backend for LogBackend {
         // records: the second try sees the relocated positions.
         let index = index.clone();
         let engine = self.engine()?.clone();
+        let walks = self.walks.clone();
         tokio::task::spawn_blocking(move || {
+            let _walk = walks
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             cold_chunks(&engine, &index, pos, end)
                 .or_else(|_| cold_chunks(&engine, &index, pos, end))
         })
@@ -517,6 +526,10 @@ fn cold_chunks(
     // `prev < lsn` is no longer a test).
     let mut steps = 0u64;
     loop {
+        // The walk starts at the newest submitted record and follows
+        // redirects to relocated copies: either may still be in the
+        // committer's queue, not yet written.
+        engine.wait_written(lsn).map_err(storage_error)?;
         let (h, payload) = engine.read(lsn).map_err(storage_error)?;
         let rec = codec::decode_record(&payload).map_err(|e| StorageError::Io(e.to_string()))?;
         let start = codec::record_data(&rec).map(|(_, start, ..)| start);
@@ -582,6 +595,7 @@ pub fn open_with(
         space_checked_ms: std::sync::atomic::AtomicI64::new(0),
         compacted: Mutex::new(BTreeMap::new()),
         usage: Mutex::new(BTreeMap::new()),
+        walks: Arc::new(std::sync::RwLock::new(())),
         _lock: lock,
     });
     let (table, from) = match super::checkpoint::load(&*fs, &backend) {

@@ -153,7 +153,13 @@ fn run_blocking(
         .collect();
     for seg in due {
         if present.binary_search(&seg).is_ok() && (seg + 1) * size <= older {
-            let bytes = engine.remove_segment(seg).map_err(io)?;
+            let bytes = {
+                let _no_walks = backend
+                    .walks
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                engine.remove_segment(seg).map_err(io)?
+            };
             report.segments_removed += 1;
             report.bytes_reclaimed += bytes;
         }
@@ -359,6 +365,10 @@ fn relocate_segment(
     }
     let (_, rx) = table.gated(|| backend.submit_compacted(seg))?;
     wait.push(rx);
+    let _no_walks = backend
+        .walks
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for (index, old) in prune {
         index.forget_redirect(old);
     }

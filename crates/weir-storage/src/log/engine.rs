@@ -26,12 +26,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use tokio::sync::oneshot;
 
 use super::frame::{self, HEADER, KIND_SEGMENT_END, NO_PREV, Slot};
 use super::fs::{Fs, LogFile};
 use crate::backend::OnDurable;
+use crate::lock::Mutex;
 
 /// Name of the file recording the on-disk format version.
 pub const FORMAT_FILE: &str = "FORMAT";
@@ -630,6 +631,23 @@ impl Engine {
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+    }
+
+    /// Blocks the calling (blocking-pool) thread until the record at `lsn`
+    /// has been written — it is durable, or the log failed. Records are
+    /// written in position order, so a durable position past `lsn` means the
+    /// whole record at `lsn` is on disk.
+    pub fn wait_written(&self, lsn: u64) -> Result<(), LogError> {
+        while self.durable_lsn() <= lsn {
+            if let Some(p) = self.poisoned() {
+                return Err(LogError::Poisoned(p));
+            }
+            if self.reserve.lock().tx.is_none() {
+                return Err(LogError::Closed);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        Ok(())
     }
 
     /// The file layer (for checkpoints).

@@ -11,6 +11,14 @@
 //! least any server can show, and its SSE fan-out the cost of the socket
 //! writes alone.
 //!
+//! With a data directory (`floor-server --data-dir`, `compare --servers
+//! floor-durable`) its appends are durable the way Weir's log makes them:
+//! one committer thread writes whatever is queued to one file, issues one
+//! `fdatasync` and only then acknowledges the batch (group commit, no
+//! timer). That is the least a durable server of this design can cost, and
+//! it separates what the disk and the thread hand-off cost on this machine
+//! from what Weir's HTTP stack and storage engine add.
+//!
 //! It speaks just enough HTTP/1.1 for the benchmark (keep-alive, a
 //! `Content-Length` request body, hand-written response heads) and just
 //! enough of the protocol's surface (create, `HEAD`, append, catch-up read,
@@ -71,6 +79,64 @@ impl Stream {
 #[derive(Default)]
 struct State {
     streams: Mutex<HashMap<String, Arc<Stream>>>,
+    /// The group-commit log, when durable.
+    log: Option<GroupCommit>,
+}
+
+/// A queued append: its bytes and who to tell once they are synced.
+type Job = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
+/// Group commit onto one file: the committer drains everything queued,
+/// writes it with one `write`, syncs once, then answers every job.
+struct GroupCommit {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl GroupCommit {
+    fn open(dir: &std::path::Path) -> anyhow::Result<GroupCommit> {
+        use std::io::Write;
+        std::fs::create_dir_all(dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("floor.log"))
+            .context("opening the floor's log")?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("floor-commit".into())
+            .spawn(move || {
+                let mut buf = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    jobs.extend(rx.try_iter());
+                    buf.clear();
+                    for (bytes, _) in &jobs {
+                        buf.extend_from_slice(bytes);
+                    }
+                    let result = file.write_all(&buf).and_then(|()| file.sync_data());
+                    for (_, done) in jobs {
+                        let _ = done.send(match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        });
+                    }
+                    if result.is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(GroupCommit { tx })
+    }
+
+    /// Queues `bytes` and waits until they are synced.
+    async fn append(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((bytes.to_vec(), done))
+            .map_err(|_| anyhow::anyhow!("the floor's committer stopped"))?;
+        rx.await.context("the floor's committer stopped")??;
+        Ok(())
+    }
 }
 
 impl State {
@@ -91,11 +157,16 @@ impl State {
     }
 }
 
-/// Binds `127.0.0.1:0`, prints `listening on URL` and serves until killed.
-pub async fn serve() -> anyhow::Result<()> {
+/// Binds `127.0.0.1:0`, prints `listening on URL` and serves until killed;
+/// appends are group-committed under `data_dir` when one is given.
+pub async fn serve(data_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let log = data_dir.map(GroupCommit::open).transpose()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("listening on http://{}", listener.local_addr()?);
-    let state = Arc::new(State::default());
+    let state = Arc::new(State {
+        log,
+        ..State::default()
+    });
     loop {
         let (sock, _) = listener.accept().await?;
         sock.set_nodelay(true)?;
@@ -131,6 +202,9 @@ async fn connection(mut sock: TcpStream, state: &State) -> anyhow::Result<()> {
             }
             ("HEAD", Some(s)) => respond(&mut out, "200 OK", s.len(), &[]),
             ("POST", Some(s)) => {
+                if let Some(log) = &state.log {
+                    log.append(&req.body).await?;
+                }
                 let len = s.append(&req.body);
                 respond(&mut out, "204 No Content", len, &[]);
             }

@@ -69,7 +69,11 @@ enum Cmd {
     /// Serve the do-nothing reference server (see `floor.rs`) on port 0;
     /// `compare --servers floor` starts it.
     #[command(hide = true)]
-    FloorServer,
+    FloorServer {
+        /// Make appends durable: group-commit them to a file here.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
     /// Start Weir and the Node reference server(s), run the same workloads
     /// against each, print ratios.
     Compare {
@@ -83,7 +87,7 @@ enum Cmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "weir-durable,weir-memory,node-memory,node-file,floor"
+            default_value = "weir-durable,weir-memory,node-memory,node-file,floor-durable,floor"
         )]
         servers: Vec<ServerKind>,
         #[command(flatten)]
@@ -115,7 +119,7 @@ fn main() -> anyhow::Result<()> {
                 overhead::run(weir_bin.as_deref(), rounds, &storage, &settings).await?;
             }
             Cmd::Profile(args) => profile::run(&args).await?,
-            Cmd::FloorServer => floor::serve().await?,
+            Cmd::FloorServer { data_dir } => floor::serve(data_dir.as_deref()).await?,
             Cmd::Restart { weir_bin, streams } => {
                 workloads::restart(weir_bin.as_deref(), streams).await?;
             }

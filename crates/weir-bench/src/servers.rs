@@ -23,6 +23,8 @@ pub enum ServerKind {
     NodeFile,
     /// The do-nothing reference server of [`crate::floor`].
     Floor,
+    /// The same with appends group-committed to disk.
+    FloorDurable,
 }
 
 impl fmt::Display for ServerKind {
@@ -33,6 +35,7 @@ impl fmt::Display for ServerKind {
             ServerKind::NodeMemory => "node-memory",
             ServerKind::NodeFile => "node-file",
             ServerKind::Floor => "floor",
+            ServerKind::FloorDurable => "floor-durable",
         })
     }
 }
@@ -46,6 +49,7 @@ impl FromStr for ServerKind {
             "node-memory" => Ok(ServerKind::NodeMemory),
             "node-file" => Ok(ServerKind::NodeFile),
             "floor" => Ok(ServerKind::Floor),
+            "floor-durable" => Ok(ServerKind::FloorDurable),
             other => Err(format!("unknown server `{other}`")),
         }
     }
@@ -145,9 +149,12 @@ impl Spawned {
                 }
                 c
             }
-            ServerKind::Floor => {
+            ServerKind::Floor | ServerKind::FloorDurable => {
                 let mut c = Command::new(std::env::current_exe()?);
                 c.arg("floor-server");
+                if kind == ServerKind::FloorDurable {
+                    c.arg("--data-dir").arg(&data);
+                }
                 c
             }
         };

@@ -136,18 +136,27 @@ impl<B: Backend> Table<B> {
     }
 
     fn emit(&self, name: &StreamName, kind: StreamEventKind, prev: Offset, tail: Offset) {
+        // Nobody follows the per-append feed unless a subscription exists
+        // (the subscription engine lets go of it otherwise): then an append
+        // builds no event at all.
+        let lifecycle = matches!(kind, StreamEventKind::Created | StreamEventKind::Deleted)
+            && self.lifecycle.receiver_count() > 0;
+        let events = self.events.receiver_count() > 0;
+        if !lifecycle && !events {
+            return;
+        }
         let event = StreamEvent {
             name: name.clone(),
             kind,
             prev,
             tail,
         };
-        if matches!(kind, StreamEventKind::Created | StreamEventKind::Deleted)
-            && self.lifecycle.receiver_count() > 0
-        {
+        if lifecycle {
             let _ = self.lifecycle.send(event.clone());
         }
-        let _ = self.events.send(event);
+        if events {
+            let _ = self.events.send(event);
+        }
     }
 
     /// The live stream at `name`, expiring it first if its time has come.

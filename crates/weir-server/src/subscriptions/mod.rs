@@ -209,6 +209,16 @@ enum Action {
     },
 }
 
+/// The next stream event, or never while the engine holds no feed.
+async fn next_event(
+    events: &mut Option<tokio::sync::broadcast::Receiver<StreamEvent>>,
+) -> Result<StreamEvent, tokio::sync::broadcast::error::RecvError> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The subscription engine.
 pub struct Subscriptions {
     storage: Arc<dyn Storage>,
@@ -217,6 +227,23 @@ pub struct Subscriptions {
     index: RwLock<HashMap<String, IndexEntry>>,
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     http: reqwest::Client,
+    /// The engine follows the stream-event feed only while some
+    /// subscription exists: with none (the common case) an append wakes
+    /// nothing. See [`Subscriptions::index_insert`] and `run`.
+    feed: parking_lot::Mutex<Feed>,
+    /// Tells the engine a receiver is waiting in `feed`.
+    feed_ready: Arc<tokio::sync::Notify>,
+}
+
+/// Who holds the event feed.
+#[derive(Default)]
+struct Feed {
+    /// The engine holds a receiver.
+    active: bool,
+    /// A receiver made by whoever added the first subscription, for the
+    /// engine to take: it exists before the subscription is indexed, so no
+    /// event about the subscription's streams is missed.
+    pending: Option<tokio::sync::broadcast::Receiver<StreamEvent>>,
 }
 
 struct Keys {
@@ -239,25 +266,30 @@ impl Subscriptions {
             index: RwLock::new(HashMap::new()),
             locks: parking_lot::Mutex::new(HashMap::new()),
             http,
+            feed: parking_lot::Mutex::new(Feed::default()),
+            feed_ready: Arc::new(tokio::sync::Notify::new()),
         });
         let weak = Arc::downgrade(&subs);
-        let events = subs.storage.events();
-        tokio::spawn(async move { Subscriptions::run(weak, events).await });
+        let ready = subs.feed_ready.clone();
+        tokio::spawn(async move { Subscriptions::run(weak, ready).await });
         subs
     }
 
-    async fn run(
-        weak: std::sync::Weak<Subscriptions>,
-        mut events: tokio::sync::broadcast::Receiver<StreamEvent>,
-    ) {
+    async fn run(weak: std::sync::Weak<Subscriptions>, ready: Arc<tokio::sync::Notify>) {
         if let Some(s) = weak.upgrade() {
             s.load_index().await;
         }
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = None;
         loop {
+            {
+                let Some(s) = weak.upgrade() else { return };
+                s.follow_feed(&mut events);
+            }
             tokio::select! {
-                ev = events.recv() => {
+                () = ready.notified() => {}
+                ev = next_event(&mut events) => {
                     let Some(s) = weak.upgrade() else { return };
                     match ev {
                         Ok(ev) => s.on_event(ev).await,
@@ -305,6 +337,36 @@ impl Subscriptions {
             .await
     }
 
+    /// Takes the receiver an indexer left, or lets go of the feed once no
+    /// subscription is left. Decided under the feed lock, which indexers
+    /// hold while they add to the index, so the feed is never dropped just
+    /// as a subscription arrives.
+    fn follow_feed(&self, events: &mut Option<tokio::sync::broadcast::Receiver<StreamEvent>>) {
+        let mut feed = self.feed.lock();
+        if events.is_none() {
+            if let Some(rx) = feed.pending.take() {
+                *events = Some(rx);
+                feed.active = true;
+            }
+        } else if self.index.read().is_empty() {
+            *events = None;
+            feed.active = false;
+        }
+    }
+
+    /// Adds a subscription to the index, subscribing to stream events
+    /// first if the engine does not follow them.
+    fn index_insert(&self, id: String, entry: IndexEntry) {
+        {
+            let mut feed = self.feed.lock();
+            if !feed.active && feed.pending.is_none() {
+                feed.pending = Some(self.storage.events());
+            }
+            self.index.write().insert(id, entry);
+        }
+        self.feed_ready.notify_one();
+    }
+
     async fn load_index(&self) {
         let Ok(keys) = self.storage.kv_list(SUB_PREFIX).await else {
             return;
@@ -314,7 +376,7 @@ impl Subscriptions {
                 && let Ok(s) = serde_json::from_slice::<State>(&raw)
                 && !s.deleted
             {
-                self.index.write().insert(s.id.clone(), IndexEntry::of(&s));
+                self.index_insert(s.id.clone(), IndexEntry::of(&s));
             }
         }
     }
@@ -340,7 +402,7 @@ impl Subscriptions {
         if s.deleted {
             self.index.write().remove(&s.id);
         } else {
-            self.index.write().insert(s.id.clone(), IndexEntry::of(s));
+            self.index_insert(s.id.clone(), IndexEntry::of(s));
         }
         Ok(())
     }

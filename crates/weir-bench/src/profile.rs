@@ -2,7 +2,8 @@
 //!
 //! Wall-clock figures on a shared two-core machine drift by tens of
 //! percent; instruction counts do not. For each configuration this starts
-//! `valgrind --tool=callgrind weir serve --storage memory`, creates one
+//! `valgrind --tool=callgrind weir serve --storage memory` (or, with
+//! `--storage log`, on the durable log in a fresh directory), creates one
 //! stream, sends a warm-up of appends, zeroes the counters
 //! (`callgrind_control -z`), sends `--count` appends of `--size` bytes over
 //! `--connections` keep-alive connections with the raw client of
@@ -67,6 +68,10 @@ pub struct ProfileArgs {
     /// Append body size in bytes.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Storage backend: `memory`, or `log` (the durable default; its
+    /// committer thread's instructions count too).
+    #[arg(long, default_value = "memory", value_parser = ["memory", "log"])]
+    pub storage: String,
     /// Where the callgrind files go (kept); default: a new temp directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -147,12 +152,16 @@ async fn measure(
     let _ = std::fs::remove_file(file);
     let dump = dump_file(file);
     let _ = std::fs::remove_file(&dump);
+    let data = tempfile::tempdir()?;
     let mut c = tokio::process::Command::new("valgrind");
     c.arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", file.display()))
         .arg(weir)
         .args(["serve", "--host", "127.0.0.1", "--port", "0"])
-        .args(["--log-level", "warn", "--storage", "memory"]);
+        .args(["--log-level", "warn", "--storage", &a.storage]);
+    if a.storage == "log" {
+        c.arg("--data-dir").arg(data.path());
+    }
     if let Some(cfg) = config {
         c.arg("--config").arg(cfg);
     }

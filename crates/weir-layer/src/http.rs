@@ -152,6 +152,45 @@ pub(crate) fn begin_request_with<B>(
 
 /// Adds the id to the response head and to a problem body.
 pub(crate) async fn stamp(resp: Response, id: &RequestId) -> Response {
+    match stamp_now(resp, id) {
+        Ok(resp) => resp,
+        Err(foreign) => foreign.rewrite(id).await,
+    }
+}
+
+/// A response whose problem body was built elsewhere and must be read to
+/// add `correlation_id` (see [`stamp_now`]).
+pub(crate) struct ForeignProblem {
+    parts: http::response::Parts,
+    body: Body,
+}
+
+impl ForeignProblem {
+    /// Adds `correlation_id` to the body (small bodies of known length
+    /// only; others pass untouched).
+    pub(crate) async fn rewrite(self, id: &RequestId) -> Response {
+        let ForeignProblem { mut parts, body } = self;
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_REWRITE).await else {
+            return Response::from_parts(parts, Body::empty());
+        };
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
+            Ok(mut m) if !m.contains_key("correlation_id") => {
+                m.insert("correlation_id".into(), id.to_string().into());
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                let json = serde_json::to_vec(&m).unwrap_or_else(|_| bytes.to_vec());
+                Response::from_parts(parts, Body::from(json))
+            }
+            _ => Response::from_parts(parts, Body::from(bytes)),
+        }
+    }
+}
+
+/// [`stamp`] up to the one step that waits (reading a foreign problem
+/// body): nearly every response is done here, so the fused stack's future
+/// finishes without a second future of its own.
+// The response is handed back whole either way (moved, not boxed).
+#[allow(clippy::result_large_err)]
+pub(crate) fn stamp_now(resp: Response, id: &RequestId) -> Result<Response, ForeignProblem> {
     let (mut parts, body) = resp.into_parts();
     if let Some(v) = id.header_value() {
         parts.headers.insert(&X_REQUEST_ID, v);
@@ -181,7 +220,7 @@ pub(crate) async fn stamp(resp: Response, id: &RequestId) -> Response {
             p.correlation_id = Some(id.to_string());
         }
         parts.headers.remove(http::header::CONTENT_LENGTH);
-        return Response::from_parts(parts, Body::from(p.to_json()));
+        return Ok(Response::from_parts(parts, Body::from(p.to_json())));
     }
     let is_problem = parts
         .headers
@@ -189,7 +228,7 @@ pub(crate) async fn stamp(resp: Response, id: &RequestId) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(PROBLEM_JSON));
     if !is_problem {
-        return Response::from_parts(parts, body);
+        return Ok(Response::from_parts(parts, body));
     }
     // A problem body built elsewhere (e.g. weir-server's own errors): only
     // small bodies of known length are rewritten; others pass untouched.
@@ -197,20 +236,9 @@ pub(crate) async fn stamp(resp: Response, id: &RequestId) -> Response {
         .exact()
         .is_some_and(|n| n <= MAX_REWRITE as u64);
     if !small {
-        return Response::from_parts(parts, body);
+        return Ok(Response::from_parts(parts, body));
     }
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_REWRITE).await else {
-        return Response::from_parts(parts, Body::empty());
-    };
-    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
-        Ok(mut m) if !m.contains_key("correlation_id") => {
-            m.insert("correlation_id".into(), id.to_string().into());
-            parts.headers.remove(http::header::CONTENT_LENGTH);
-            let json = serde_json::to_vec(&m).unwrap_or_else(|_| bytes.to_vec());
-            Response::from_parts(parts, Body::from(json))
-        }
-        _ => Response::from_parts(parts, Body::from(bytes)),
-    }
+    Err(ForeignProblem { parts, body })
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {

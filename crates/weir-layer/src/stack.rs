@@ -7,15 +7,17 @@
 //! clone is itself a heap allocation — and callgrind showed that plumbing
 //! costing more than the checks themselves. [`ProductionLayer`] runs the
 //! same steps, in the same order, with the same functions, inside one
-//! future: one box per request. When authentication and the rate limit can
-//! answer without waiting — no credential, or one verified recently, and a
-//! local limiter: every request of a steady client — they run in `call`
-//! itself and the service below is called there too, so it is not even
+//! future. When authentication and the rate limit can answer without
+//! waiting — no credential, or one verified recently, and a local limiter:
+//! every request of a steady client — they run in `call` itself and the
+//! service below is called there too, so it is not even
 //! cloned into the future. Metric handles are cached per
 //! (route, method, status) so recording is an atomic add, not a registry
 //! lookup with freshly allocated labels; the in-flight gauge's handle is
 //! bound once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -27,13 +29,12 @@ use http::Request;
 use metrics::{Counter, Gauge, Histogram};
 use parking_lot::RwLock;
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::auth::Authenticator;
 use crate::auth::credential_of;
 use crate::http::{
     AuthNow, LayerHeaders, add_rate_limit_headers, admit_now, authenticate, authentication_now,
-    begin_request_with, check_rate_limit, check_rate_limit_now, method_name, stamp,
+    begin_request_with, check_rate_limit, check_rate_limit_now, method_name, stamp_now,
 };
 use crate::metrics::names;
 use crate::ratelimit::{PolicyDecision, RateLimiter};
@@ -180,21 +181,38 @@ struct Finish {
 
 impl Finish {
     async fn finish(self, resp: Response) -> Response {
+        match self.finish_now(resp) {
+            Ok(resp) => resp,
+            Err(rest) => rest.await,
+        }
+    }
+
+    /// [`Finish::finish`] without waiting when it can (every response but
+    /// a foreign problem body to rewrite); otherwise the rest of it.
+    // The response is handed back whole (moved, not boxed).
+    #[allow(clippy::result_large_err)]
+    fn finish_now(self, resp: Response) -> Result<Response, BoxFuture<'static, Response>> {
         let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         let secs = self.start.elapsed().as_secs_f64();
         self.in_flight
             .0
             .record(route, self.method, resp.status().as_u16(), secs);
         drop(self.in_flight);
-        stamp(resp, &self.id).await
+        let id = self.id;
+        stamp_now(resp, &id).map_err(|foreign| {
+            Box::pin(async move { foreign.rewrite(&id).await }) as BoxFuture<'static, Response>
+        })
     }
 }
+
+/// The applied policies' decisions of a passed request.
+type Decisions = Vec<PolicyDecision>;
 
 /// How far a request got without waiting.
 enum Checked {
     /// Authenticated and within its limits (the applied policies): call
     /// the service below right away.
-    Pass(Vec<PolicyDecision>),
+    Pass(Decisions),
     /// Refused: this is the answer.
     Refused(Response),
     /// Authentication needs a lookup (a store, the JWKS): run it all in
@@ -212,7 +230,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+    type Future = ProductionFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -244,41 +262,105 @@ where
             id,
         };
         let entered = span.enter();
-        match check_now(&self.shared, &mut req, &span, auth_now) {
+        let state = match check_now(&self.shared, &mut req, &span, auth_now) {
             // The common case (no credential lookup, a local limiter): the
             // service below is called here, so it need not be cloned into
-            // the future.
+            // the future, and the future is this one, unboxed.
             Checked::Pass(ds) => {
                 let call = self.inner.call(req);
                 drop(entered);
-                Box::pin(
-                    async move {
-                        let mut resp = call.await?;
-                        if let Some(limiter) = fin.in_flight.0.limiter.as_deref() {
-                            add_rate_limit_headers(limiter, &ds, &mut resp);
-                        }
-                        Ok(fin.finish(resp).await)
-                    }
-                    .instrument(span),
-                )
+                return ProductionFuture {
+                    call: Some(call),
+                    state: State::Called(Some((fin, ds))),
+                    span,
+                };
             }
-            Checked::Refused(resp) => {
-                drop(entered);
-                Box::pin(async move { Ok(fin.finish(resp).await) }.instrument(span))
-            }
+            // Answered here too (inside the span, as the future would).
+            Checked::Refused(resp) => match fin.finish_now(resp) {
+                Ok(resp) => State::Ready(Some(resp)),
+                Err(rest) => State::Finishing(rest),
+            },
             pending => {
-                drop(entered);
                 let authenticated = matches!(pending, Checked::LimitPending);
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(
-                    async move {
-                        let shared = fin.in_flight.0.clone();
-                        let resp = run(&shared, &mut inner, req, authenticated).await?;
-                        Ok(fin.finish(resp).await)
+                State::Pending(Box::pin(async move {
+                    let shared = fin.in_flight.0.clone();
+                    let resp = run(&shared, &mut inner, req, authenticated).await?;
+                    Ok(fin.finish(resp).await)
+                }))
+            }
+        };
+        drop(entered);
+        ProductionFuture {
+            call: None,
+            state,
+            span,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`ProductionService`]: the request's span is
+    /// entered whenever it is polled (as `Instrumented` does). A request
+    /// whose checks passed without waiting — nearly every one — polls the
+    /// service below in place: no box, no dynamic call; only the rare
+    /// paths that wait (a credential or limiter lookup, a foreign problem
+    /// body to rewrite) are boxed.
+    pub struct ProductionFuture<F, E> {
+        #[pin]
+        call: Option<F>,
+        state: State<E>,
+        span: tracing::Span,
+    }
+}
+
+enum State<E> {
+    /// `call` runs; then the rate-limit headers and [`Finish`].
+    Called(Option<(Finish, Decisions)>),
+    /// The answer, already finished.
+    Ready(Option<Response>),
+    /// Authentication or the rate limit waits: the whole request.
+    Pending(BoxFuture<'static, Result<Response, E>>),
+    /// [`Finish`] waits (a foreign problem body is being rewritten).
+    Finishing(BoxFuture<'static, Response>),
+}
+
+impl<F, E> Future for ProductionFuture<F, E>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        loop {
+            match this.state {
+                State::Called(done) => {
+                    let Some(call) = this.call.as_mut().as_pin_mut() else {
+                        panic!("ProductionFuture polled after completion");
+                    };
+                    let resp = std::task::ready!(call.poll(cx));
+                    this.call.set(None);
+                    let Some((fin, ds)) = done.take() else {
+                        panic!("ProductionFuture polled after completion");
+                    };
+                    let mut resp = resp?;
+                    if let Some(limiter) = fin.in_flight.0.limiter.as_deref() {
+                        add_rate_limit_headers(limiter, &ds, &mut resp);
                     }
-                    .instrument(span),
-                )
+                    *this.state = match fin.finish_now(resp) {
+                        Ok(resp) => return Poll::Ready(Ok(resp)),
+                        Err(rest) => State::Finishing(rest),
+                    };
+                }
+                State::Ready(resp) => match resp.take() {
+                    Some(resp) => return Poll::Ready(Ok(resp)),
+                    None => panic!("ProductionFuture polled after completion"),
+                },
+                State::Pending(fut) => return fut.as_mut().poll(cx),
+                State::Finishing(fut) => return fut.as_mut().poll(cx).map(Ok),
             }
         }
     }

@@ -586,9 +586,9 @@ pub(crate) async fn check_rate_limit(
     method: &http::Method,
     path: &str,
     ext: &http::Extensions,
-) -> Result<Vec<ratelimit::PolicyDecision>, Response> {
+) -> Result<ratelimit::Decisions, Response> {
     if !limiter.config().enabled {
-        return Ok(Vec::new());
+        return Ok(ratelimit::Decisions::new());
     }
     verdict(
         limiter
@@ -604,9 +604,9 @@ pub(crate) fn check_rate_limit_now(
     method: &http::Method,
     path: &str,
     ext: &http::Extensions,
-) -> Option<Result<Vec<ratelimit::PolicyDecision>, Response>> {
+) -> Option<Result<ratelimit::Decisions, Response>> {
     if !limiter.config().enabled {
-        return Some(Ok(Vec::new()));
+        return Some(Ok(ratelimit::Decisions::new()));
     }
     limiter
         .check_now(request_info(limiter, method, path, ext))
@@ -638,7 +638,7 @@ fn request_info<'a>(
 }
 
 #[allow(clippy::result_large_err)]
-fn verdict(v: Verdict) -> Result<Vec<ratelimit::PolicyDecision>, Response> {
+fn verdict(v: Verdict) -> Result<ratelimit::Decisions, Response> {
     match v {
         Verdict::Allowed(ds) => Ok(ds),
         Verdict::Limited(ds) => Err(ratelimit::limited_problem(&ds).into_response()),

@@ -37,7 +37,7 @@ use crate::http::{
     begin_request_with, check_rate_limit, check_rate_limit_now, method_name, stamp_now,
 };
 use crate::metrics::names;
-use crate::ratelimit::{PolicyDecision, RateLimiter};
+use crate::ratelimit::{Decisions, RateLimiter};
 use crate::request_id::RequestId;
 
 /// Request id, metrics, authentication and rate limits (see the module
@@ -204,9 +204,6 @@ impl Finish {
         })
     }
 }
-
-/// The applied policies' decisions of a passed request.
-type Decisions = Vec<PolicyDecision>;
 
 /// How far a request got without waiting.
 enum Checked {
@@ -380,7 +377,7 @@ fn check_now<B>(
         return Checked::Refused(refusal);
     }
     let Some(limiter) = shared.limiter.as_deref() else {
-        return Checked::Pass(Vec::new());
+        return Checked::Pass(Decisions::new());
     };
     match check_rate_limit_now(limiter, req.method(), req.uri().path(), req.extensions()) {
         None => Checked::LimitPending,

@@ -211,13 +211,19 @@ pub struct PolicyDecision {
     pub decision: Decision,
 }
 
+/// The decisions of the policies applied to one request. A request is
+/// checked against the few rules that match it (one, in the default
+/// configuration), so the first two live inline: a `Vec` here was a heap
+/// allocation and its free on every request, for a list read once.
+pub type Decisions = smallvec::SmallVec<[PolicyDecision; 2]>;
+
 /// The verdict on a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Allowed; the decisions of every applied policy (maybe none).
-    Allowed(Vec<PolicyDecision>),
+    Allowed(Decisions),
     /// Refused by at least one policy.
-    Limited(Vec<PolicyDecision>),
+    Limited(Decisions),
     /// The shared backend is down and `fail_mode = "closed"`.
     Unavailable,
 }
@@ -433,7 +439,7 @@ impl RateLimiter {
         if let Some(v) = self.check_now(req) {
             return v;
         }
-        let mut out = Vec::new();
+        let mut out = Decisions::new();
         let mut limited = false;
         for (rule, limit, pol) in self.applicable(&req) {
             let key = RuleKey {
@@ -457,15 +463,13 @@ impl RateLimiter {
     /// off, or its state is local (no Redis backend). `None`: call `check`.
     pub fn check_now(&self, req: RequestInfo<'_>) -> Option<Verdict> {
         if !self.cfg.enabled {
-            return Some(Verdict::Allowed(Vec::new()));
+            return Some(Verdict::Allowed(Decisions::new()));
         }
         #[cfg(feature = "redis")]
         if self.redis.is_some() {
             return None;
         }
-        // Sized once (rules are few): `push` growing from empty goes
-        // through the slower reallocation path.
-        let mut out = Vec::with_capacity(self.cfg.rules.len());
+        let mut out = Decisions::new();
         let mut limited = false;
         for (rule, limit, pol) in self.applicable(&req) {
             let key = RuleKey {
@@ -622,7 +626,7 @@ fn ratelimit_value(d: &PolicyDecision) -> Option<http::HeaderValue> {
 }
 
 /// Adds one policy's decision; whether it refused (counted).
-fn record(out: &mut Vec<PolicyDecision>, pol: &Policy, limit: &Limit, d: Decision) -> bool {
+fn record(out: &mut Decisions, pol: &Policy, limit: &Limit, d: Decision) -> bool {
     let refused = !d.allowed;
     if refused {
         metrics::counter!(names::RATELIMIT_REJECTIONS, "policy" => pol.name.to_string())
@@ -1101,7 +1105,7 @@ mod tests {
         let l = RateLimiter::new(RateLimitConfig::default(), ManualClock::new()).unwrap();
         assert_eq!(
             hit(&l, &http::Method::GET, "/", None, "").await,
-            Verdict::Allowed(vec![])
+            Verdict::Allowed(Decisions::new())
         );
         let bad = cfg(vec![rule("r", &[], "/", KeyBy::Auto, &[("default", 0)])]);
         assert!(matches!(

@@ -306,7 +306,10 @@ pub(crate) fn credential_of<'a>(
         (Some(a), None) => {
             let a = text(a)?;
             let (scheme, rest) = a.split_once(' ').unwrap_or((a, ""));
-            let token = rest.trim();
+            // `text` admits visible ASCII and tabs only, where `trim` and
+            // the byte-wise `trim_ascii` cut the same (spaces, tabs); the
+            // latter does not decode characters.
+            let token = rest.trim_ascii();
             if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
                 return Err(AuthError::Malformed(
                     "expected `Authorization: Bearer <token>`".into(),
@@ -315,7 +318,7 @@ pub(crate) fn credential_of<'a>(
             Ok(Some(token))
         }
         (None, Some(k)) => {
-            let k = text(k)?.trim();
+            let k = text(k)?.trim_ascii();
             if k.is_empty() {
                 return Err(AuthError::Malformed("empty X-Api-Key".into()));
             }

@@ -222,6 +222,11 @@ pub(crate) fn stamp_now(resp: Response, id: &RequestId) -> Result<Response, Fore
         parts.headers.remove(http::header::CONTENT_LENGTH);
         return Ok(Response::from_parts(parts, Body::from(p.to_json())));
     }
+    // An empty body (every `204`, most appends) has nothing to rewrite:
+    // asking the body is cheaper than looking up `Content-Type`.
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(Response::from_parts(parts, body));
+    }
     let is_problem = parts
         .headers
         .get(http::header::CONTENT_TYPE)

@@ -661,17 +661,41 @@ pub(crate) fn add_rate_limit_headers(
     ds: &[ratelimit::PolicyDecision],
     resp: &mut Response,
 ) {
+    rate_limit_headers(limiter, ds).apply(resp);
+}
+
+/// The `RateLimit` / `RateLimit-Policy` values of an allowed request's
+/// response, taken when its decisions are made: a response future then
+/// carries two header values instead of the decisions themselves.
+#[derive(Default)]
+pub(crate) struct RateLimitHeaders {
+    ratelimit: Option<HeaderValue>,
+    policy: Option<HeaderValue>,
+}
+
+impl RateLimitHeaders {
+    pub(crate) fn apply(self, resp: &mut Response) {
+        let h = resp.headers_mut();
+        if let Some(v) = self.ratelimit {
+            h.insert(RATELIMIT, v);
+        }
+        if let Some(v) = self.policy {
+            h.insert(RATELIMIT_POLICY, v);
+        }
+    }
+}
+
+/// The headers [`add_rate_limit_headers`] adds for these decisions (none
+/// unless `headers_on_success` is set).
+pub(crate) fn rate_limit_headers(
+    limiter: &RateLimiter,
+    ds: &[ratelimit::PolicyDecision],
+) -> RateLimitHeaders {
     if !limiter.config().headers_on_success {
-        return;
+        return RateLimitHeaders::default();
     }
     let (ratelimit, policy) = limiter.success_headers(ds);
-    let h = resp.headers_mut();
-    if let Some(v) = ratelimit {
-        h.insert(RATELIMIT, v);
-    }
-    if let Some(v) = policy {
-        h.insert(RATELIMIT_POLICY, v);
-    }
+    RateLimitHeaders { ratelimit, policy }
 }
 
 // ---------------------------------------------------------------- metrics

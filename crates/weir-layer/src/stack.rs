@@ -33,11 +33,12 @@ use tower::{Layer, Service};
 use crate::auth::Authenticator;
 use crate::auth::credential_of;
 use crate::http::{
-    AuthNow, LayerHeaders, add_rate_limit_headers, admit_now, authenticate, authentication_now,
-    begin_request_with, check_rate_limit, check_rate_limit_now, method_name, stamp_now,
+    AuthNow, LayerHeaders, RateLimitHeaders, add_rate_limit_headers, admit_now, authenticate,
+    authentication_now, begin_request_with, check_rate_limit, check_rate_limit_now, method_name,
+    rate_limit_headers, stamp_now,
 };
 use crate::metrics::names;
-use crate::ratelimit::{Decisions, RateLimiter};
+use crate::ratelimit::RateLimiter;
 use crate::request_id::RequestId;
 
 /// Request id, metrics, authentication and rate limits (see the module
@@ -207,9 +208,9 @@ impl Finish {
 
 /// How far a request got without waiting.
 enum Checked {
-    /// Authenticated and within its limits (the applied policies): call
-    /// the service below right away.
-    Pass(Decisions),
+    /// Authenticated and within its limits (the rate-limit headers of the
+    /// applied policies): call the service below right away.
+    Pass(RateLimitHeaders),
     /// Refused: this is the answer.
     Refused(Response),
     /// Authentication needs a lookup (a store, the JWKS): run it all in
@@ -263,12 +264,12 @@ where
             // The common case (no credential lookup, a local limiter): the
             // service below is called here, so it need not be cloned into
             // the future, and the future is this one, unboxed.
-            Checked::Pass(ds) => {
+            Checked::Pass(headers) => {
                 let call = self.inner.call(req);
                 drop(entered);
                 return ProductionFuture {
                     call: Some(call),
-                    state: State::Called(Some((fin, ds))),
+                    state: State::Called(Some((fin, headers))),
                     span,
                 };
             }
@@ -314,7 +315,7 @@ pin_project_lite::pin_project! {
 
 enum State<E> {
     /// `call` runs; then the rate-limit headers and [`Finish`].
-    Called(Option<(Finish, Decisions)>),
+    Called(Option<(Finish, RateLimitHeaders)>),
     /// The answer, already finished.
     Ready(Option<Response>),
     /// Authentication or the rate limit waits: the whole request.
@@ -340,13 +341,11 @@ where
                     };
                     let resp = std::task::ready!(call.poll(cx));
                     this.call.set(None);
-                    let Some((fin, ds)) = done.take() else {
+                    let Some((fin, headers)) = done.take() else {
                         panic!("ProductionFuture polled after completion");
                     };
                     let mut resp = resp?;
-                    if let Some(limiter) = fin.in_flight.0.limiter.as_deref() {
-                        add_rate_limit_headers(limiter, &ds, &mut resp);
-                    }
+                    headers.apply(&mut resp);
                     *this.state = match fin.finish_now(resp) {
                         Ok(resp) => return Poll::Ready(Ok(resp)),
                         Err(rest) => State::Finishing(rest),
@@ -377,11 +376,11 @@ fn check_now<B>(
         return Checked::Refused(refusal);
     }
     let Some(limiter) = shared.limiter.as_deref() else {
-        return Checked::Pass(Decisions::new());
+        return Checked::Pass(RateLimitHeaders::default());
     };
     match check_rate_limit_now(limiter, req.method(), req.uri().path(), req.extensions()) {
         None => Checked::LimitPending,
-        Some(Ok(ds)) => Checked::Pass(ds),
+        Some(Ok(ds)) => Checked::Pass(rate_limit_headers(limiter, &ds)),
         Some(Err(refusal)) => Checked::Refused(refusal),
     }
 }

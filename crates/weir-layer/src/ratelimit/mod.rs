@@ -593,16 +593,58 @@ impl RateLimiter {
     }
 }
 
+/// The last `RateLimit` value built on this thread: its policy (kept
+/// alive here, so a pointer compare identifies it), `r` and `t`.
+type LastValue = Option<(Arc<str>, u64, u64, http::HeaderValue)>;
+
+thread_local! {
+    static LAST_RATELIMIT: std::cell::RefCell<LastValue> = const { std::cell::RefCell::new(None) };
+}
+
 /// One decision's `RateLimit` value (`"{policy}";r={remaining};t={secs}`,
-/// as [`ratelimit_header`] writes it), assembled on the stack and copied
-/// once into the header value: no `String`, no policy lookup. A name too
-/// long for the buffer takes the formatted path.
+/// as [`ratelimit_header`] writes it).
+///
+/// A client well within its limit gets the same value on every request
+/// (full quota left, `t` the emission interval), so each thread keeps the
+/// last value it built and hands out a clone (a reference count) when the
+/// next one would be the same bytes: formatting, validating and copying it
+/// into a fresh allocation was most of what the header cost.
 fn ratelimit_value(d: &PolicyDecision) -> Option<http::HeaderValue> {
+    let secs = ceil_secs(d.decision.reset_after);
+    let remaining = d.decision.remaining;
+    let same = |last: &LastValue| match last {
+        Some((p, r, t, v)) if Arc::ptr_eq(p, &d.policy) && *r == remaining && *t == secs => {
+            Some(v.clone())
+        }
+        _ => None,
+    };
+    // `try_with`/`try_borrow`: during thread teardown, or re-entered, the
+    // value is simply built.
+    if let Ok(Some(v)) = LAST_RATELIMIT.try_with(|l| l.try_borrow().ok().and_then(|l| same(&l))) {
+        return Some(v);
+    }
+    let v = build_ratelimit_value(d, remaining, secs)?;
+    let _ = LAST_RATELIMIT.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            *l = Some((d.policy.clone(), remaining, secs, v.clone()));
+        }
+    });
+    Some(v)
+}
+
+/// [`ratelimit_value`] built: assembled on the stack and copied once into
+/// the header value, with no `String` and no policy lookup. A name too
+/// long for the buffer takes the formatted path.
+fn build_ratelimit_value(
+    d: &PolicyDecision,
+    remaining: u64,
+    secs: u64,
+) -> Option<http::HeaderValue> {
     const CAP: usize = 160;
-    let mut remaining = itoa::Buffer::new();
-    let remaining = remaining.format(d.decision.remaining).as_bytes();
-    let mut secs = itoa::Buffer::new();
-    let secs = secs.format(ceil_secs(d.decision.reset_after)).as_bytes();
+    let mut remaining_buf = itoa::Buffer::new();
+    let remaining = remaining_buf.format(remaining).as_bytes();
+    let mut secs_buf = itoa::Buffer::new();
+    let secs = secs_buf.format(secs).as_bytes();
     let parts: [&[u8]; 6] = [
         b"\"",
         d.policy.as_bytes(),

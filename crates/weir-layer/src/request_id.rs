@@ -207,19 +207,44 @@ pub fn random_id_bits() -> u64 {
 /// RFC 9562 UUIDv7: 48-bit Unix milliseconds, version 7, 74 random bits
 /// (from `random`), variant `10`, written as 32 lowercase hex digits.
 fn uuid_v7(unix_ms: u64, random: (u64, u64)) -> [u8; 32] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&random.0.to_le_bytes());
     b[8..].copy_from_slice(&random.1.to_le_bytes());
     b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
     b[6] = (b[6] & 0x0f) | 0x70;
     b[8] = (b[8] & 0x3f) | 0x80;
+    let (hi, lo) = b.split_at(8);
     let mut out = [0u8; 32];
-    for (i, byte) in b.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(byte >> 4)];
-        out[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
-    }
+    out[..16].copy_from_slice(&hex16(u64::from_be_bytes(
+        hi.try_into().unwrap_or_default(),
+    )));
+    out[16..].copy_from_slice(&hex16(u64::from_be_bytes(
+        lo.try_into().unwrap_or_default(),
+    )));
     out
+}
+
+/// `v` as 16 lowercase hex digits, most significant first. Every request
+/// without an id of its own gets a generated one, and a table lookup per
+/// digit cost ~160 instructions per id; this is a dozen word operations:
+/// each nibble is spread into a byte of its own, then all 16 are turned
+/// into ASCII at once (`'0' + n`, plus `'a' - '0' - 10` where `n >= 10`).
+fn hex16(v: u64) -> [u8; 16] {
+    const LOW_NIBBLES: u128 = 0x000f_000f_000f_000f_000f_000f_000f_000f;
+    const ONES: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+    // Byte k of the byte-swapped value (the k-th most significant of `v`)
+    // into the low byte of 16-bit lane k.
+    let mut x = u128::from(v.swap_bytes());
+    x = (x | (x << 32)) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
+    x = (x | (x << 16)) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
+    x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
+    // Lane k: its high nibble in the low byte (first in memory), its low
+    // nibble in the high byte.
+    let n = ((x >> 4) & LOW_NIBBLES) | ((x & LOW_NIBBLES) << 8);
+    // 1 in each byte whose nibble is 10 or more (no byte carries: n + 6
+    // is at most 21).
+    let letters = ((n + 6 * ONES) >> 4) & ONES;
+    (n + 0x30 * ONES + 0x27 * letters).to_le_bytes()
 }
 
 #[cfg(test)]
@@ -306,6 +331,22 @@ mod tests {
             id.iter()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
+    }
+
+    /// The word-wise hex digits are the table's.
+    #[test]
+    fn hex16_is_lowercase_hex() {
+        for v in [
+            0,
+            u64::MAX,
+            0x0123_4567_89ab_cdef,
+            0xfedc_ba98_7654_3210,
+            0x8000_0000_0000_0001,
+            random_id_bits(),
+            random_id_bits(),
+        ] {
+            assert_eq!(hex16(v), *format!("{v:016x}").as_bytes(), "{v:#x}");
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ use tower::{Layer, Service};
 
 use crate::auth::Authenticator;
 use crate::auth::credential_of;
+use crate::clock::OneReading;
 use crate::http::{
     AuthNow, LayerHeaders, RateLimitHeaders, add_rate_limit_headers, admit_now, authenticate,
     authentication_now, begin_request_with, check_rate_limit, check_rate_limit_now, method_name,
@@ -235,6 +236,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // One wall-clock reading for the checks below (see `OneReading`).
+        let reading = OneReading::begin();
         // One pass over the headers finds all the layer reads; the request
         // id and what authentication can answer at once are decided on it
         // (nothing there logs: the span is opened next), then applied.
@@ -265,6 +268,7 @@ where
             // service below is called here, so it need not be cloned into
             // the future, and the future is this one, unboxed.
             Checked::Pass(headers) => {
+                drop(reading);
                 let call = self.inner.call(req);
                 drop(entered);
                 return ProductionFuture {
@@ -290,6 +294,7 @@ where
             }
         };
         drop(entered);
+        drop(reading);
         ProductionFuture {
             call: None,
             state,

@@ -37,6 +37,11 @@ pub struct RequestId(Repr);
 #[derive(Clone)]
 enum Repr {
     Generated([u8; 32]),
+    /// The client's own `X-Request-Id` value (checked by [`valid`]), kept
+    /// as the header value it arrived as: taking it copies nothing, and
+    /// echoing it on the response is a reference count rather than a
+    /// fresh copy of the bytes.
+    Header(http::HeaderValue),
     Given(Arc<str>),
 }
 
@@ -45,6 +50,8 @@ impl RequestId {
         match &self.0 {
             // Always ASCII hex (see `uuid_v7`); the check cannot fail.
             Repr::Generated(b) => std::str::from_utf8(b).unwrap_or_default(),
+            // Visible ASCII (checked on the way in); cannot fail either.
+            Repr::Header(v) => std::str::from_utf8(v.as_bytes()).unwrap_or_default(),
             Repr::Given(s) => s,
         }
     }
@@ -55,6 +62,7 @@ impl RequestId {
     pub fn header_value(&self) -> Option<http::HeaderValue> {
         match &self.0 {
             Repr::Generated(b) => http::HeaderValue::from_bytes(b).ok(),
+            Repr::Header(v) => Some(v.clone()),
             Repr::Given(s) => http::HeaderValue::from_str(s).ok(),
         }
     }
@@ -87,9 +95,11 @@ impl RequestId {
         let tp = traceparent
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
+        // `to_str` then `valid` on the bytes: `valid` admits a subset of
+        // what `to_str` does, so checking the bytes alone is the same test.
         let id = request_id
-            .and_then(|v| v.to_str().ok())
-            .and_then(RequestId::parse)
+            .filter(|v| valid_bytes(v.as_bytes()))
+            .map(|v| RequestId(Repr::Header(v.clone())))
             .or_else(|| {
                 tp.as_ref()
                     .map(|t| RequestId(Repr::Given(Arc::from(t.trace_id.as_str()))))
@@ -126,7 +136,12 @@ impl std::hash::Hash for RequestId {
 }
 
 fn valid(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_LEN && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    valid_bytes(s.as_bytes())
+}
+
+/// 1–[`MAX_LEN`] bytes of visible ASCII.
+fn valid_bytes(b: &[u8]) -> bool {
+    !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 /// A parsed W3C `traceparent` (kept in request extensions for the tracing
@@ -354,6 +369,19 @@ mod tests {
         let ids: std::collections::HashSet<RequestId> =
             (0..10_000).map(|_| RequestId::generate()).collect();
         assert_eq!(ids.len(), 10_000);
+    }
+
+    /// A client's id is echoed as the very value it sent (shared, not
+    /// copied), and equals the same id parsed from a string.
+    #[test]
+    fn client_id_is_echoed_as_sent() {
+        let (id, _) = RequestId::from_headers(&headers(&[(&X_REQUEST_ID, "client-7")]));
+        assert!(matches!(id.0, Repr::Header(_)));
+        assert_eq!(id.header_value().unwrap(), "client-7");
+        assert_eq!(id, RequestId::parse("client-7").unwrap());
+        let mut h = http::HeaderMap::new();
+        h.insert(&X_REQUEST_ID, http::HeaderValue::from_static("tab\there"));
+        assert_eq!(RequestId::from_headers(&h).0.as_str().len(), 32);
     }
 
     #[test]

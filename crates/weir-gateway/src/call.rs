@@ -37,10 +37,8 @@ impl Caller {
         } else {
             None
         };
-        let request_id = parts
-            .extensions
-            .get::<weir_layer::RequestId>()
-            .map(|r| r.as_str().to_owned());
+        let request_id =
+            weir_layer::http::request_id_of(&parts.extensions).map(|r| r.as_str().to_owned());
         Some(Caller {
             principal,
             token,

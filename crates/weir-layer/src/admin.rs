@@ -488,7 +488,7 @@ impl Admin {
 /// The authenticated principal, put there by the production stack. Its
 /// absence is a wiring bug: refuse rather than guess.
 fn principal(p: Caller) -> Result<Arc<Principal>, Problem> {
-    p.map(|axum::Extension(p)| p).ok_or_else(|| {
+    p.0.ok_or_else(|| {
         tracing::error!("admin route mounted without the production layer");
         Problem::internal()
     })
@@ -506,8 +506,35 @@ fn query<T: serde::de::DeserializeOwned + Default>(
         .map_err(|e| invalid(format!("invalid query: {}", e.body_text())))
 }
 
-type Caller = Option<axum::Extension<Arc<Principal>>>;
-type Rid = Option<axum::Extension<RequestId>>;
+/// The principal the production stack put into the request, if any (see
+/// [`crate::http::principal_arc_of`]).
+struct Caller(Option<Arc<Principal>>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Caller(
+            crate::http::principal_arc_of(&parts.extensions).cloned(),
+        ))
+    }
+}
+
+/// The request id the production stack put into the request, if any (see
+/// [`crate::http::request_id_of`]).
+struct Rid(Option<RequestId>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Rid {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Rid(crate::http::request_id_of(&parts.extensions).cloned()))
+    }
+}
 
 async fn list_keys(
     State(a): State<Arc<Admin>>,
@@ -518,7 +545,7 @@ async fn list_keys(
 }
 
 async fn create_key(State(a): State<Arc<Admin>>, p: Caller, rid: Rid, body: Bytes) -> Response {
-    let rid = rid.map(|axum::Extension(r)| r);
+    let rid = rid.0;
     answer(async { a.create(&*principal(p)?, rid.as_ref(), &body).await }.await)
 }
 
@@ -538,7 +565,7 @@ async fn revoke_key(
     rid: Rid,
     Path(id): Path<String>,
 ) -> Response {
-    let rid = rid.map(|axum::Extension(r)| r);
+    let rid = rid.0;
     answer(async { a.revoke(&*principal(p)?, rid.as_ref(), &id).await }.await)
 }
 
@@ -551,7 +578,7 @@ async fn read_audit(
 }
 
 async fn reload_config(State(a): State<Arc<Admin>>, p: Caller, rid: Rid) -> Response {
-    let rid = rid.map(|axum::Extension(r)| r);
+    let rid = rid.0;
     answer(async { a.reload(&*principal(p)?, rid.as_ref()).await }.await)
 }
 

@@ -113,11 +113,15 @@ where
 /// fused [`crate::stack::ProductionService`].
 pub(crate) fn begin_request<B>(req: &mut Request<B>) -> (RequestId, tracing::Span) {
     let (id, traceparent) = RequestId::from_headers(req.headers());
-    begin_request_with(req, id, traceparent)
+    let (id, span) = begin_request_with(req, id, traceparent);
+    req.extensions_mut().insert(id.clone());
+    (id, span)
 }
 
 /// [`begin_request`] with the id and trace parent already taken from the
-/// headers (see [`LayerHeaders`]).
+/// headers (see [`LayerHeaders`]), except that the id is not put into the
+/// request's extensions: the caller does (the fused stack together with
+/// the principal, as a [`RequestContext`]).
 pub(crate) fn begin_request_with<B>(
     req: &mut Request<B>,
     id: RequestId,
@@ -143,7 +147,6 @@ pub(crate) fn begin_request_with<B>(
             .get::<MatchedPath>()
             .map_or("unmatched", MatchedPath::as_str),
     );
-    req.extensions_mut().insert(id.clone());
     if let Some(tp) = traceparent {
         req.extensions_mut().insert(tp);
     }
@@ -249,9 +252,7 @@ pub(crate) fn stamp_now(resp: Response, id: &RequestId) -> Result<Response, Fore
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
-        Ok(parts
-            .extensions
-            .get::<RequestId>()
+        Ok(request_id_of(&parts.extensions)
             .cloned()
             .unwrap_or_else(RequestId::generate))
     }
@@ -351,7 +352,9 @@ pub(crate) fn authenticate_now<B>(
         req.headers(),
         crate::auth::credential(req.headers()),
     )?;
-    Some(admit_now(auth, req, now, span))
+    Some(admit_now(auth, req, now, span).map(|p| {
+        req.extensions_mut().insert(p);
+    }))
 }
 
 /// What authentication answers without waiting, decided on borrowed parts
@@ -383,7 +386,8 @@ pub(crate) fn authentication_now(
     }
 }
 
-/// Applies an [`AuthNow`] to the request.
+/// Applies an [`AuthNow`] to the request: the principal, for the caller
+/// to put into the request's extensions, or the refusal.
 // The refusal is the response itself, moved once (as in the async steps).
 #[allow(clippy::result_large_err)]
 pub(crate) fn admit_now<B>(
@@ -391,13 +395,13 @@ pub(crate) fn admit_now<B>(
     req: &mut Request<B>,
     now: AuthNow,
     span: &tracing::Span,
-) -> Result<(), Response> {
+) -> Result<Arc<Principal>, Response> {
     match now {
-        AuthNow::Checked(result) => admit(req, result, span),
+        AuthNow::Checked(result) => admitted(req, result, span),
         AuthNow::SelfAuthenticated => {
             // Its handler verifies the request's own credential.
             req.extensions_mut().insert(crate::auth::SelfAuthenticated);
-            admit(req, Ok(auth.anonymous().clone()), span)
+            admitted(req, Ok(auth.anonymous().clone()), span)
         }
     }
 }
@@ -460,12 +464,23 @@ fn admit<B>(
     result: Result<Arc<Principal>, AuthError>,
     span: &tracing::Span,
 ) -> Result<(), Response> {
+    let p = admitted(req, result, span)?;
+    req.extensions_mut().insert(p);
+    Ok(())
+}
+
+/// [`admit`] but for the insert: the principal, or the refusal.
+#[allow(clippy::result_large_err)]
+fn admitted<B>(
+    req: &Request<B>,
+    result: Result<Arc<Principal>, AuthError>,
+    span: &tracing::Span,
+) -> Result<Arc<Principal>, Response> {
     match result {
         Ok(p) => {
             span.record("tenant", p.tenant.as_str());
             span.record("principal", p.subject.as_str());
-            req.extensions_mut().insert(p);
-            Ok(())
+            Ok(p)
         }
         Err(e) => {
             let method = method_label(req.headers());
@@ -490,11 +505,41 @@ pub(crate) fn method_label(h: &http::HeaderMap) -> &'static str {
     }
 }
 
-/// The request's principal, as the production layer put it into the
-/// request's extensions (an `Arc<Principal>`, shared with the credential
-/// memo): borrowed, no copy. `None` when no layer authenticated it.
+/// What the fused production stack puts into an authenticated request's
+/// extensions: its id and principal as **one** entry. Each extension is a
+/// boxed map entry (an allocation and a hash insert apiece), and these two
+/// were the stack's per-request inserts; read them with
+/// [`request_id_of`] and [`principal_of`] (or the `RequestId` and
+/// `Principal` extractors), which also find the separate entries the
+/// one-concern layers ([`RequestIdLayer`], [`AuthLayer`]) insert.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub id: RequestId,
+    /// Shared with the credential memo.
+    pub principal: Arc<Principal>,
+}
+
+/// The request's id, as a layer put it into the request's extensions.
+pub fn request_id_of(ext: &http::Extensions) -> Option<&RequestId> {
+    match ext.get::<RequestContext>() {
+        Some(c) => Some(&c.id),
+        None => ext.get::<RequestId>(),
+    }
+}
+
+/// The request's principal as a layer put it into the request's
+/// extensions (shared with the credential memo). `None` when no layer
+/// authenticated it.
+pub fn principal_arc_of(ext: &http::Extensions) -> Option<&Arc<Principal>> {
+    match ext.get::<RequestContext>() {
+        Some(c) => Some(&c.principal),
+        None => ext.get::<Arc<Principal>>(),
+    }
+}
+
+/// [`principal_arc_of`], borrowed: no copy.
 pub fn principal_of(ext: &http::Extensions) -> Option<&Principal> {
-    ext.get::<Arc<Principal>>().map(|p| &**p)
+    principal_arc_of(ext).map(|p| &**p)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {

@@ -33,6 +33,7 @@ use tower::{Layer, Service};
 use crate::auth::Authenticator;
 use crate::auth::credential_of;
 use crate::clock::OneReading;
+use crate::http::RequestContext;
 use crate::http::{
     AuthNow, LayerHeaders, RateLimitHeaders, add_rate_limit_headers, admit_now, authenticate,
     authentication_now, begin_request_with, check_rate_limit, check_rate_limit_now, method_name,
@@ -263,7 +264,7 @@ where
             id,
         };
         let entered = span.enter();
-        let state = match check_now(&self.shared, &mut req, &span, auth_now) {
+        let state = match check_now(&self.shared, &mut req, &span, auth_now, &fin.id) {
             // The common case (no credential lookup, a local limiter): the
             // service below is called here, so it need not be cloned into
             // the future, and the future is this one, unboxed.
@@ -284,6 +285,11 @@ where
             },
             pending => {
                 let authenticated = matches!(pending, Checked::LimitPending);
+                if !authenticated {
+                    // Authenticated later (`run`), which inserts the
+                    // principal alone.
+                    req.extensions_mut().insert(fin.id.clone());
+                }
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 State::Pending(Box::pin(async move {
@@ -373,13 +379,20 @@ fn check_now<B>(
     req: &mut Request<B>,
     span: &tracing::Span,
     auth_now: Option<AuthNow>,
+    id: &RequestId,
 ) -> Checked {
     let Some(now) = auth_now else {
         return Checked::AuthPending;
     };
-    if let Err(refusal) = admit_now(&shared.auth, req, now, span) {
-        return Checked::Refused(refusal);
-    }
+    let principal = match admit_now(&shared.auth, req, now, span) {
+        Ok(p) => p,
+        Err(refusal) => return Checked::Refused(refusal),
+    };
+    // The id and the principal in one extension (see `RequestContext`).
+    req.extensions_mut().insert(RequestContext {
+        id: id.clone(),
+        principal,
+    });
     let Some(limiter) = shared.limiter.as_deref() else {
         return Checked::Pass(RateLimitHeaders::default());
     };

@@ -221,21 +221,15 @@ pub fn random_id_bits() -> u64 {
 
 /// RFC 9562 UUIDv7: 48-bit Unix milliseconds, version 7, 74 random bits
 /// (from `random`), variant `10`, written as 32 lowercase hex digits.
+/// The two 64-bit halves are composed as words and written straight out.
 fn uuid_v7(unix_ms: u64, random: (u64, u64)) -> [u8; 32] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&random.0.to_le_bytes());
-    b[8..].copy_from_slice(&random.1.to_le_bytes());
-    b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
-    b[6] = (b[6] & 0x0f) | 0x70;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let (hi, lo) = b.split_at(8);
+    // ms (48 bits) | version 7 (4) | 12 random bits.
+    let hi = ((unix_ms & 0xffff_ffff_ffff) << 16) | 0x7000 | (random.0 & 0x0fff);
+    // Variant `10` (2 bits) | 62 random bits.
+    let lo = 0x8000_0000_0000_0000 | (random.1 & 0x3fff_ffff_ffff_ffff);
     let mut out = [0u8; 32];
-    out[..16].copy_from_slice(&hex16(u64::from_be_bytes(
-        hi.try_into().unwrap_or_default(),
-    )));
-    out[16..].copy_from_slice(&hex16(u64::from_be_bytes(
-        lo.try_into().unwrap_or_default(),
-    )));
+    out[..16].copy_from_slice(&hex16(hi));
+    out[16..].copy_from_slice(&hex16(lo));
     out
 }
 

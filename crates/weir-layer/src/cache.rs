@@ -105,8 +105,10 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
 /// aim collisions only with inputs that get *stored*, and only verified
 /// credentials are stored (memoized after verification), which a client
 /// cannot choose byte by byte: a colliding forgery is a miss that goes to
-/// the full verification it would have gone to anyway. Bounded like [`TtlCache`] (every entry can be
-/// created by a client); losing an entry only costs a re-verification.
+/// the full verification it would have gone to anyway.
+///
+/// Bounded like [`TtlCache`] (every entry can be created by a client);
+/// losing an entry only costs a re-verification.
 #[derive(Debug)]
 pub struct BytesMemo<V> {
     shards: Vec<Mutex<MemoShard<V>>>,

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::lock::Mutex;
 use async_trait::async_trait;
 
 use crate::StorageError;
 use crate::backend::{Backend, Op, Ticket};
 use crate::chunk::{Chunk, ChunkBody};
+use crate::lock::Mutex;
 use crate::table::{Table, TableLimits};
 
 /// Settings of the memory backend.

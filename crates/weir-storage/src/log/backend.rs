@@ -22,7 +22,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::lock::Mutex;
 use async_trait::async_trait;
 
 use super::codec::{self, kind_and_key};
@@ -32,6 +31,7 @@ use super::fs::{Fs, RealFs};
 use crate::StorageError;
 use crate::backend::{Backend, OnDurable, Op, Ticket};
 use crate::chunk::{Chunk, ChunkBody};
+use crate::lock::Mutex;
 use crate::table::{Table, TableLimits};
 
 /// Data between two sparse-index anchors.

@@ -4,9 +4,12 @@
 //! with `server.production_layer = false`, once with the full layer on —
 //! API-key authentication required (SQLite key store), a local rate limit
 //! that checks every request (set high enough never to refuse), request
-//! ids and Prometheus metrics. Runs the append workloads against each,
-//! alternating the order every round so drift on a shared machine hits
-//! both alike, and prints medians and the layer's overhead.
+//! ids and Prometheus metrics. Runs the append workloads against each —
+//! `--connections` connections to one stream and to as many streams (both
+//! saturate the server), and one connection sending one append at a time
+//! (the latency of an append on an otherwise idle server) — alternating
+//! the order every round so drift on a shared machine hits both alike,
+//! and prints medians and the layer's overhead.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -102,8 +105,11 @@ pub async fn run(
         api_key: None,
         ..s.clone()
     };
-    // [layer off, layer on] × [1 stream, N streams]
-    let mut runs: [[Vec<AppendRun>; 2]; 2] = Default::default();
+    // [layer off, layer on] × [1 stream, N streams, 1 connection]. The
+    // first two saturate the server (their latency is mostly queueing:
+    // connections ÷ throughput); the third sends one append at a time,
+    // so its latency is one append's own round trip.
+    let mut runs: [[Vec<AppendRun>; 3]; 2] = Default::default();
     for round in 0..rounds {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for which in order {
@@ -112,11 +118,17 @@ pub async fn run(
             } else {
                 (&on, &on_settings)
             };
-            for (k, streams) in [1, s.connections].into_iter().enumerate() {
+            let serial = Settings {
+                connections: 1,
+                ..set.clone()
+            };
+            let workloads = [(1, set), (s.connections, set), (1, &serial)];
+            for (k, (streams, set)) in workloads.into_iter().enumerate() {
                 let r = appends(&srv.url, set, streams, Some(srv.pid)).await?;
                 eprintln!(
-                    "round {round} layer {} {streams:>3} streams: {:.0}/s p50 {:.2} ms p99 {:.2} ms cpu {:.1} µs",
+                    "round {round} layer {} {streams:>3} streams, {:>3} connections: {:.0}/s p50 {:.3} ms p99 {:.3} ms cpu {:.1} µs",
                     if which == 0 { "off" } else { "on " },
+                    set.connections,
                     r.rps,
                     r.p50_ms,
                     r.p99_ms,
@@ -128,11 +140,14 @@ pub async fn run(
     }
     off.stop().await;
     on.stop().await;
+    // Two estimates of each ratio: of the medians, and the median of each
+    // round's own ratio (its two runs are minutes apart at most, so drift
+    // of the shared machine over the whole run cancels out of it).
     println!(
-        "{:<34}{:>14}{:>14}{:>12}",
-        "median of rounds", "layer off", "layer on", "on ÷ off"
+        "{:<36}{:>12}{:>12}{:>12}{:>14}",
+        "median of rounds", "layer off", "layer on", "on ÷ off", "per-round ÷"
     );
-    for (k, label) in [(0, "1 stream"), (1, "N streams")] {
+    for (k, label) in [(0, "1 stream"), (1, "N streams"), (2, "1 connection")] {
         let rows: [(&str, Getter); 4] = [
             ("appends/s", |r| r.rps),
             ("append p50 ms", |r| r.p50_ms),
@@ -143,8 +158,16 @@ pub async fn run(
             let a = median(runs[0][k].iter().map(get).collect());
             let b = median(runs[1][k].iter().map(get).collect());
             let ratio = if a == 0.0 { 0.0 } else { b / a };
+            let paired = median(
+                runs[0][k]
+                    .iter()
+                    .zip(&runs[1][k])
+                    .filter(|(off, _)| get(off) != 0.0)
+                    .map(|(off, on)| get(on) / get(off))
+                    .collect(),
+            );
             println!(
-                "{:<34}{a:>14.2}{b:>14.2}{ratio:>12.3}",
+                "{:<36}{a:>12.3}{b:>12.3}{ratio:>12.3}{paired:>14.3}",
                 format!("{name}, {label}")
             );
         }

@@ -350,7 +350,10 @@ pub(crate) fn authenticate_now<B>(
         req.method(),
         req.uri().path(),
         req.headers(),
-        crate::auth::credential(req.headers()),
+        crate::auth::credential_bytes_of(
+            req.headers().get(http::header::AUTHORIZATION),
+            req.headers().get(&crate::auth::X_API_KEY),
+        ),
     )?;
     Some(admit_now(auth, req, now, span).map(|p| {
         req.extensions_mut().insert(p);
@@ -374,7 +377,7 @@ pub(crate) fn authentication_now(
     method: &http::Method,
     path: &str,
     headers: &http::HeaderMap,
-    credential: Result<Option<&str>, AuthError>,
+    credential: Result<Option<&[u8]>, AuthError>,
 ) -> Option<AuthNow> {
     if method == http::Method::OPTIONS || auth.is_public(path) {
         Some(AuthNow::Checked(Ok(auth.anonymous().clone())))
@@ -438,16 +441,18 @@ impl<'a> LayerHeaders<'a> {
         }
         let mut out = LayerHeaders::default();
         for (name, value) in h {
-            let slot = if *name == http::header::AUTHORIZATION {
-                &mut out.authorization
-            } else if *name == crate::auth::X_API_KEY {
-                &mut out.api_key
-            } else if *name == X_REQUEST_ID {
-                &mut out.request_id
-            } else if *name == TRACEPARENT {
-                &mut out.traceparent
-            } else {
-                continue;
+            // The four names differ in length, so one length compare
+            // rules out nearly every other header (`host`,
+            // `content-length`, …) before any bytes are compared; a
+            // `HeaderName` compare would match its representation
+            // (standard or custom) first. Names are stored lowercase.
+            let n = name.as_str();
+            let slot = match n.len() {
+                13 if n == "authorization" => &mut out.authorization,
+                9 if n == "x-api-key" => &mut out.api_key,
+                12 if n == "x-request-id" => &mut out.request_id,
+                11 if n == "traceparent" => &mut out.traceparent,
+                _ => continue,
             };
             // Later values of a repeated header come after its first.
             slot.get_or_insert(value);
@@ -669,10 +674,10 @@ fn request_info<'a>(
     path: &'a str,
     ext: &'a http::Extensions,
 ) -> RequestInfo<'a> {
-    let principal = principal_of(ext);
+    let principal = principal_arc_of(ext);
     // The client address costs two extension lookups; an authenticated
     // request is keyed by it only under an `ip` rule.
-    let ip = if limiter.keys_by_ip(principal) {
+    let ip = if limiter.keys_by_ip(principal.map(|p| &**p)) {
         ext.get::<ClientIp>()
             .map(|c| c.0)
             .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))

@@ -31,7 +31,7 @@ use parking_lot::RwLock;
 use tower::{Layer, Service};
 
 use crate::auth::Authenticator;
-use crate::auth::credential_of;
+use crate::auth::credential_bytes_of;
 use crate::clock::OneReading;
 use crate::http::RequestContext;
 use crate::http::{
@@ -109,22 +109,56 @@ pub struct ProductionService<S> {
 }
 
 impl Shared {
-    /// Counts one request and its duration.
-    fn record(&self, route: &str, method: &'static str, status: u16, secs: f64) {
-        // Recorded under the read lock: no handle clones (two reference
-        // counts up and down) per request.
+    /// Counts one request and its duration (`route` `None`: unmatched).
+    fn record(&self, route: Option<&MatchedPath>, method: &'static str, status: u16, secs: f64) {
+        // The handles this thread used last, when they are this request's
+        // (a steady client sends one kind of request): no lock, no hash.
+        // A route is its template's shared string, held by the memo, so
+        // its address names it (and cannot be reused while held). The
+        // handles belong to the process's one recorder, whichever layer
+        // asks.
+        let addr = route.map_or(0, |r| r.as_str().as_ptr() as usize);
+        let hit = LAST_HANDLES.try_with(|last| {
+            let last = last.try_borrow().ok()?;
+            let l = last.as_ref()?;
+            (l.addr == addr && l.status == status && same_method(l.method, method)).then(|| {
+                l.handles.requests.increment(1);
+                l.handles.duration.record(secs);
+            })
+        });
+        if let Ok(Some(())) = hit {
+            return;
+        }
+        let h = self.lookup(
+            route.map_or("unmatched", MatchedPath::as_str),
+            method,
+            status,
+        );
+        h.requests.increment(1);
+        h.duration.record(secs);
+        let _ = LAST_HANDLES.try_with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some(LastHandles {
+                    addr,
+                    _route: route.cloned(),
+                    method,
+                    status,
+                    handles: h,
+                });
+            }
+        });
+    }
+
+    /// The handles of (route, method, status), from the cache.
+    fn lookup(&self, route: &str, method: &'static str, status: u16) -> Handles {
         if let Some(hs) = self.handles.read().get(route)
             && let Some((_, _, h)) = hs
                 .iter()
                 .find(|(m, s, _)| *s == status && same_method(m, method))
         {
-            h.requests.increment(1);
-            h.duration.record(secs);
-            return;
+            return h.clone();
         }
-        let h = self.handles(route, method, status);
-        h.requests.increment(1);
-        h.duration.record(secs);
+        self.handles(route, method, status)
     }
 
     fn handles(&self, route: &str, method: &'static str, status: u16) -> Handles {
@@ -147,6 +181,21 @@ impl Shared {
         self.in_flight
             .get_or_init(|| metrics::gauge!(names::HTTP_IN_FLIGHT))
     }
+}
+
+/// The metric handles a thread recorded into last (see `Shared::record`).
+struct LastHandles {
+    addr: usize,
+    /// Keeps `addr` this route's.
+    _route: Option<MatchedPath>,
+    method: &'static str,
+    status: u16,
+    handles: Handles,
+}
+
+thread_local! {
+    static LAST_HANDLES: std::cell::RefCell<Option<LastHandles>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Method labels are the `&'static str`s of `method_name`: the same
@@ -195,11 +244,13 @@ impl Finish {
     // The response is handed back whole (moved, not boxed).
     #[allow(clippy::result_large_err)]
     fn finish_now(self, resp: Response) -> Result<Response, BoxFuture<'static, Response>> {
-        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         let secs = self.start.elapsed().as_secs_f64();
-        self.in_flight
-            .0
-            .record(route, self.method, resp.status().as_u16(), secs);
+        self.in_flight.0.record(
+            self.route.as_ref(),
+            self.method,
+            resp.status().as_u16(),
+            secs,
+        );
         drop(self.in_flight);
         let id = self.id;
         stamp_now(resp, &id).map_err(|foreign| {
@@ -250,7 +301,7 @@ where
                 req.method(),
                 req.uri().path(),
                 req.headers(),
-                credential_of(h.authorization, h.api_key),
+                credential_bytes_of(h.authorization, h.api_key),
             );
             (id, traceparent, auth_now)
         };

@@ -132,11 +132,12 @@ fn user(sub: &str) -> Principal {
 }
 
 async fn allowed(l: &RateLimiter, p: &Principal) -> Option<bool> {
+    let p = std::sync::Arc::new(p.clone());
     match l
         .check(RequestInfo {
             method: &http::Method::GET,
             path: "/v1/stream/x",
-            principal: Some(p),
+            principal: Some(&p),
             ip: None,
         })
         .await

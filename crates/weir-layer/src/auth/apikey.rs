@@ -394,7 +394,7 @@ impl ApiKeys {
 
     /// Verifies `wk_<id>_<secret>`.
     pub async fn verify_key(&self, token: &str) -> Result<Principal, AuthError> {
-        if let Some(answer) = self.verify_memoized(token) {
+        if let Some(answer) = self.verify_memoized(token.as_bytes()) {
             return answer.map(Arc::unwrap_or_clone);
         }
         self.verify_slow(token, self.clock.now()).await
@@ -402,9 +402,9 @@ impl ApiKeys {
 
     /// [`ApiKeys::verify_key`] for a token that verified recently (its
     /// exact bytes are in the memo); `None` otherwise.
-    pub fn verify_memoized(&self, token: &str) -> Option<Result<Arc<Principal>, AuthError>> {
+    pub fn verify_memoized(&self, token: &[u8]) -> Option<Result<Arc<Principal>, AuthError>> {
         let now_t = self.clock.now();
-        let v = self.verified.get(token.as_bytes(), now_t)?;
+        let v = self.verified.get(token, now_t)?;
         // Exactly the bytes that verified against this record, which is
         // still the one a lookup would return: only the key's own expiry
         // can have passed since.

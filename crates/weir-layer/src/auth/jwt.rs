@@ -459,8 +459,8 @@ impl JwtVerifier {
 
     /// The principal of a token verified recently (still in the cache);
     /// `None` otherwise.
-    pub fn verify_memoized(&self, token: &str) -> Option<Arc<Principal>> {
-        self.cache.get(token.as_bytes(), self.clock.now())
+    pub fn verify_memoized(&self, token: &[u8]) -> Option<Arc<Principal>> {
+        self.cache.get(token, self.clock.now())
     }
 
     /// Verifies a compact JWS and returns its principal.

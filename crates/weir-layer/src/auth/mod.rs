@@ -232,30 +232,43 @@ impl Authenticator {
         &self,
         h: &http::HeaderMap,
     ) -> Option<Result<Arc<Principal>, AuthError>> {
-        self.authenticate_credential_now(credential(h))
+        self.authenticate_credential_now(credential_bytes_of(
+            h.get(http::header::AUTHORIZATION),
+            h.get(&X_API_KEY),
+        ))
     }
 
     /// [`Authenticator::authenticate_now`] given the request's
     /// [`credential`] (found by a caller that read the headers already).
     pub(crate) fn authenticate_credential_now(
         &self,
-        credential: Result<Option<&str>, AuthError>,
+        credential: Result<Option<&[u8]>, AuthError>,
     ) -> Option<Result<Arc<Principal>, AuthError>> {
         if self.mode == AuthMode::None {
             return Some(Ok(self.anonymous.clone()));
         }
-        match credential {
-            Err(e) => Some(Err(e)),
-            Ok(None) if self.mode == AuthMode::Optional => Some(Ok(self.anonymous.clone())),
-            Ok(None) => Some(Err(AuthError::Missing)),
-            Ok(Some(token)) if token.starts_with(apikey::PREFIX) => match &self.api_keys {
+        let token = match credential {
+            Err(e) => return Some(Err(e)),
+            Ok(None) if self.mode == AuthMode::Optional => return Some(Ok(self.anonymous.clone())),
+            Ok(None) => return Some(Err(AuthError::Missing)),
+            Ok(Some(token)) => token,
+        };
+        let memoized = if token.starts_with(apikey::PREFIX.as_bytes()) {
+            match &self.api_keys {
                 Some(k) => k.verify_memoized(token),
-                None => Some(Err(AuthError::MethodDisabled)),
-            },
-            Ok(Some(token)) => match &self.jwt {
+                None => return Some(disabled(token)),
+            }
+        } else {
+            match &self.jwt {
                 Some(j) => j.verify_memoized(token).map(Ok),
-                None => Some(Err(AuthError::MethodDisabled)),
-            },
+                None => return Some(disabled(token)),
+            }
+        };
+        match memoized {
+            Some(answer) => Some(answer),
+            // Not verified recently: a credential that is not text is
+            // refused here, as the full path would; any other goes there.
+            None => credential_text(token).err().map(Err),
         }
     }
 }
@@ -295,22 +308,37 @@ pub(crate) fn credential_of<'a>(
     auth: Option<&'a http::HeaderValue>,
     key: Option<&'a http::HeaderValue>,
 ) -> Result<Option<&'a str>, AuthError> {
-    fn text(v: &http::HeaderValue) -> Result<&str, AuthError> {
-        v.to_str()
-            .map_err(|_| AuthError::Malformed("credential is not ASCII".into()))
+    match credential_bytes_of(auth, key)? {
+        Some(token) => credential_text(token).map(Some),
+        None => Ok(None),
     }
+}
+
+/// [`credential_of`] without the check that the credential is text:
+/// its bytes, with the same refusals of its shape (both headers, another
+/// scheme, empty). The fast path looks these bytes up in the memos of
+/// verified credentials first, and a hit needs no check: only credentials
+/// that verified are memoized, and every one that can verify (an API key,
+/// a compact JWS) is visible ASCII. A miss is checked with
+/// [`credential_text`] before it goes further.
+pub(crate) fn credential_bytes_of<'a>(
+    auth: Option<&'a http::HeaderValue>,
+    key: Option<&'a http::HeaderValue>,
+) -> Result<Option<&'a [u8]>, AuthError> {
     match (auth, key) {
         (Some(_), Some(_)) => Err(AuthError::Malformed(
             "both Authorization and X-Api-Key are set".into(),
         )),
         (Some(a), None) => {
-            let a = text(a)?;
-            let (scheme, rest) = a.split_once(' ').unwrap_or((a, ""));
-            // `text` admits visible ASCII and tabs only, where `trim` and
-            // the byte-wise `trim_ascii` cut the same (spaces, tabs); the
-            // latter does not decode characters.
+            let a = a.as_bytes();
+            let (scheme, rest) = match a.iter().position(|&b| b == b' ') {
+                Some(i) => (&a[..i], &a[i + 1..]),
+                None => (a, &[][..]),
+            };
+            // Spaces and tabs trimmed, as `str::trim` would on the text
+            // `credential_text` admits (visible ASCII and tabs).
             let token = rest.trim_ascii();
-            if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
                 return Err(AuthError::Malformed(
                     "expected `Authorization: Bearer <token>`".into(),
                 ));
@@ -318,13 +346,32 @@ pub(crate) fn credential_of<'a>(
             Ok(Some(token))
         }
         (None, Some(k)) => {
-            let k = text(k)?.trim_ascii();
+            let k = k.as_bytes().trim_ascii();
             if k.is_empty() {
                 return Err(AuthError::Malformed("empty X-Api-Key".into()));
             }
             Ok(Some(k))
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// The refusal of a credential whose method is off: malformed first if
+/// it is not text (the order [`credential`] then a lookup would give).
+fn disabled(token: &[u8]) -> Result<Arc<Principal>, AuthError> {
+    credential_text(token)?;
+    Err(AuthError::MethodDisabled)
+}
+
+/// A credential's bytes as text: visible ASCII and tabs only (what
+/// `HeaderValue::to_str` admits), or malformed.
+pub(crate) fn credential_text(token: &[u8]) -> Result<&str, AuthError> {
+    let text = token
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+    match std::str::from_utf8(token) {
+        Ok(t) if text => Ok(t),
+        _ => Err(AuthError::Malformed("credential is not ASCII".into())),
     }
 }
 
@@ -365,6 +412,65 @@ mod tests {
             vec![("authorization", "Bearer a"), ("x-api-key", "wk_x")],
         ] {
             assert!(credential(&h(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The fast path reads the credential's bytes; the full path its text.
+    /// Both refuse what is not visible ASCII, and agree on the rest.
+    #[tokio::test]
+    async fn credential_bytes_agree_with_credential_text() {
+        let raw = |k: &str, v: &[u8]| {
+            let mut m = http::HeaderMap::new();
+            m.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+            m
+        };
+        let cases: [(&str, &[u8]); 6] = [
+            ("authorization", b"Bearer wk_\xe9t\xe9"),
+            ("authorization", b"Bearer \x80abc"),
+            ("x-api-key", b"wk_\xffkey"),
+            ("x-api-key", b"wk_\tkey"),
+            ("authorization", b"BEARER\t abc"),
+            ("x-api-key", b" \t "),
+        ];
+        for (k, v) in cases {
+            let m = raw(k, v);
+            let text = credential(&m);
+            let bytes = credential_bytes_of(m.get(http::header::AUTHORIZATION), m.get(&X_API_KEY))
+                .and_then(|b| b.map(credential_text).transpose());
+            assert_eq!(text.is_ok(), bytes.is_ok(), "{v:?}");
+            if let (Ok(a), Ok(b)) = (text, bytes) {
+                assert_eq!(a, b, "{v:?}");
+            }
+        }
+        let store: Arc<dyn ApiKeyStore> = Arc::new(apikey::MemoryApiKeyStore::default());
+        let mut cfg = AuthConfig {
+            mode: AuthMode::Required,
+            ..Default::default()
+        };
+        cfg.api_keys.enabled = true;
+        let auth = Authenticator::new(
+            cfg,
+            Arc::new(PermissionTable::default()),
+            Some(store),
+            crate::clock::system(),
+        )
+        .unwrap();
+        for v in [&b"Bearer wk_\xe9"[..], b"Bearer eyJ\xff.x.y"] {
+            let m = raw("authorization", v);
+            assert!(
+                matches!(
+                    auth.authenticate_now(&m),
+                    Some(Err(AuthError::Malformed(_)))
+                ),
+                "{v:?}"
+            );
+            assert!(matches!(
+                auth.authenticate(&m).await,
+                Err(AuthError::Malformed(_))
+            ));
         }
     }
 

@@ -24,15 +24,19 @@
 //! quota and reset time the `RateLimit` header needs without extra
 //! middleware state, and its arithmetic would differ from the Redis script's.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use super::gcra::{self, Decision, Limit};
 use crate::cache::Prehashed;
 use crate::clock::SharedClock;
+use crate::principal::Principal;
 
 const SHARDS: usize = 64;
 
@@ -49,7 +53,30 @@ pub struct LocalBackend {
     per_shard: usize,
     hasher: RandomState,
     clock: SharedClock,
+    /// Unique per store in this process: names the hash key in
+    /// [`LocalBackend::hash_for_principal`]'s per-thread memo (another
+    /// store, even one at the same address after a reload, has another
+    /// hash key).
+    id: u64,
 }
+
+/// Rules whose keyed hash a thread remembers per principal.
+const MEMO_RULES: usize = 4;
+
+/// The keyed hashes of one principal's keys, per rule, as the last request
+/// on this thread computed them. Holding the principal keeps its address
+/// from being reused by another while it is remembered.
+struct PrincipalHashes {
+    store: u64,
+    principal: Arc<Principal>,
+    hashes: [Option<u64>; MEMO_RULES],
+}
+
+thread_local! {
+    static LAST_PRINCIPAL: RefCell<Option<PrincipalHashes>> = const { RefCell::new(None) };
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 impl LocalBackend {
     /// A store of at most `max_keys` keys (rounded up to a multiple of 64).
@@ -67,12 +94,13 @@ impl LocalBackend {
             per_shard,
             hasher: RandomState::new(),
             clock,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// The keyed hash of what `feed` writes (for a `str` key: its bytes
     /// then `0xff`, as `str`'s `Hash` writes them).
-    fn hash_fed(&self, feed: impl FnOnce(&mut DefaultHasher)) -> u64 {
+    pub(crate) fn hash_fed(&self, feed: impl FnOnce(&mut DefaultHasher)) -> u64 {
         let mut h = self.hasher.build_hasher();
         feed(&mut h);
         std::hash::Hasher::finish(&h)
@@ -96,7 +124,69 @@ impl LocalBackend {
         limit: &Limit,
         cost: u64,
     ) -> Decision {
+        self.check_hashed(self.hash_fed(feed), limit, cost)
+    }
+
+    /// The keyed hash of rule `rule`'s key for `principal` (what `feed`
+    /// writes, which must depend on nothing but the two), remembered per
+    /// thread for the last principal seen. `rule` indexes the rules of the
+    /// one limiter that owns this store, fixed for its life (a reload
+    /// builds a new limiter, with a new store).
+    ///
+    /// A steady client sends request after request as the same principal
+    /// (the credential memos hand out one shared `Arc` per verified
+    /// credential), and hashing its key — SipHash over `{rule}:key:{id}`,
+    /// gathered from parts — was the largest single cost of a local
+    /// check. The memo holds the principal, so a pointer compare
+    /// identifies it: its address cannot be reused while held.
+    pub(crate) fn hash_for_principal(
+        &self,
+        principal: &Arc<Principal>,
+        rule: usize,
+        feed: impl FnOnce(&mut DefaultHasher),
+    ) -> u64 {
+        if rule >= MEMO_RULES {
+            return self.hash_fed(feed);
+        }
+        let remembered = LAST_PRINCIPAL.try_with(|last| {
+            let last = last.try_borrow().ok()?;
+            let l = last.as_ref()?;
+            if l.store == self.id && Arc::ptr_eq(&l.principal, principal) {
+                l.hashes[rule]
+            } else {
+                None
+            }
+        });
+        if let Ok(Some(h)) = remembered {
+            return h;
+        }
         let h = self.hash_fed(feed);
+        // `try_with`/`try_borrow`: during thread teardown, or re-entered,
+        // the hash is simply not remembered.
+        let _ = LAST_PRINCIPAL.try_with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else {
+                return;
+            };
+            match last.as_mut() {
+                Some(l) if l.store == self.id && Arc::ptr_eq(&l.principal, principal) => {
+                    l.hashes[rule] = Some(h);
+                }
+                _ => {
+                    let mut hashes = [None; MEMO_RULES];
+                    hashes[rule] = Some(h);
+                    *last = Some(PrincipalHashes {
+                        store: self.id,
+                        principal: principal.clone(),
+                        hashes,
+                    });
+                }
+            }
+        });
+        h
+    }
+
+    /// [`LocalBackend::check`] for a key's keyed hash.
+    pub(crate) fn check_hashed(&self, h: u64, limit: &Limit, cost: u64) -> Decision {
         let now = self.now_us();
         // The shard by bits 32..38; the map's buckets use the low bits and
         // its control bytes the top seven, so the three stay independent.
@@ -206,6 +296,37 @@ mod tests {
         clock.advance(Duration::from_secs(5));
         assert_eq!(b.sweep(), 2);
         assert!(b.is_empty());
+    }
+
+    /// The per-thread memo answers exactly what hashing answers, for each
+    /// principal, rule and store, however requests interleave.
+    #[test]
+    fn principal_hash_memo_is_the_hash() {
+        let clock = ManualClock::new();
+        let a = LocalBackend::new(1000, clock.clone());
+        let b = LocalBackend::new(1000, clock.clone());
+        let p1 = Arc::new(Principal::new("one", "t"));
+        let p2 = Arc::new(Principal::new("two", "t"));
+        let feed = |p: &Principal, rule: usize| {
+            let key = format!("r{rule}:sub:{}/{}", p.tenant, p.subject);
+            move |h: &mut DefaultHasher| std::hash::Hash::hash(key.as_str(), h)
+        };
+        let steps = [
+            (&a, &p1, 0),
+            (&a, &p1, 0),
+            (&a, &p1, 1),
+            (&a, &p2, 1),
+            (&a, &p1, 0),
+            (&b, &p1, 0),
+            (&a, &p1, 0),
+            (&a, &p1, MEMO_RULES + 1),
+        ];
+        for (store, p, rule) in steps {
+            let expected = store.hash_fed(feed(p, rule));
+            assert_eq!(store.hash_for_principal(p, rule, feed(p, rule)), expected);
+        }
+        // Two stores hash the same key differently (their own random keys).
+        assert_ne!(a.hash_fed(feed(&p1, 0)), b.hash_fed(feed(&p1, 0)));
     }
 
     #[test]

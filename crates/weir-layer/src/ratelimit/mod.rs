@@ -197,7 +197,9 @@ pub enum RateLimitConfigError {
 pub struct RequestInfo<'a> {
     pub method: &'a http::Method,
     pub path: &'a str,
-    pub principal: Option<&'a Principal>,
+    /// Shared (as the credential memos hand it out): the local limiter
+    /// remembers a principal's key hashes by its address.
+    pub principal: Option<&'a Arc<Principal>>,
     pub ip: Option<IpAddr>,
 }
 
@@ -441,7 +443,7 @@ impl RateLimiter {
         }
         let mut out = Decisions::new();
         let mut limited = false;
-        for (rule, limit, pol) in self.applicable(&req) {
+        for (_, rule, limit, pol) in self.applicable(&req) {
             let key = RuleKey {
                 rule: &rule.name,
                 key: key_of(rule.key, &req),
@@ -471,12 +473,19 @@ impl RateLimiter {
         }
         let mut out = Decisions::new();
         let mut limited = false;
-        for (rule, limit, pol) in self.applicable(&req) {
+        for (i, rule, limit, pol) in self.applicable(&req) {
             let key = RuleKey {
                 rule: &rule.name,
                 key: key_of(rule.key, &req),
             };
-            let decision = self.local.check_with(|h| key.feed(h), limit, rule.cost);
+            let hash = match (&key.key, req.principal) {
+                // The key is the principal's (see `key_of`).
+                (KeyOf::Tenant(_) | KeyOf::Sub(..) | KeyOf::Key(_), Some(p)) => {
+                    self.local.hash_for_principal(p, i, |h| key.feed(h))
+                }
+                _ => self.local.hash_fed(|h| key.feed(h)),
+            };
+            let decision = self.local.check_hashed(hash, limit, rule.cost);
             limited |= record(&mut out, pol, limit, decision);
         }
         Some(if limited {
@@ -491,14 +500,15 @@ impl RateLimiter {
     fn applicable<'a>(
         &'a self,
         req: &RequestInfo<'a>,
-    ) -> impl Iterator<Item = (&'a Rule, &'a Limit, &'a Arc<Policy>)> + 'a {
-        let plan = self.plan_of(req.principal);
+    ) -> impl Iterator<Item = (usize, &'a Rule, &'a Limit, &'a Arc<Policy>)> + 'a {
+        let plan = self.plan_of(req.principal.map(|p| &**p));
         let (method, path) = (req.method, req.path);
         self.cfg
             .rules
             .iter()
             .zip(&self.policies)
-            .filter_map(move |(rule, policies)| {
+            .enumerate()
+            .filter_map(move |(i, (rule, policies))| {
                 if !rule.methods.is_empty()
                     && !rule
                         .methods
@@ -511,7 +521,7 @@ impl RateLimiter {
                     return None;
                 }
                 let pol = policies.get(plan)?;
-                Some((rule, &pol.limit, pol))
+                Some((i, rule, &pol.limit, pol))
             })
     }
 
@@ -963,10 +973,11 @@ mod tests {
         p: Option<&Principal>,
         ip: &str,
     ) -> Verdict {
+        let p = p.map(|p| Arc::new(p.clone()));
         l.check(RequestInfo {
             method: m,
             path,
-            principal: p,
+            principal: p.as_ref(),
             ip: ip.parse().ok(),
         })
         .await

@@ -294,7 +294,8 @@ impl LogBackend {
         };
         Ok(Some(Box::pin(async move {
             match rx.await {
-                Ok(Ok(())) => Ok(()),
+                // The frame's buffer is freed here, on this task's thread.
+                Ok(Ok(_frame)) => Ok(()),
                 Ok(Err(e)) => Err(storage_error(e)),
                 Err(_) => Err(StorageError::Io("the log committer stopped".into())),
             }
@@ -368,7 +369,7 @@ impl LogBackend {
         &self,
         index: &LogIndex,
         r: &codec::Relocate,
-    ) -> Result<(u64, tokio::sync::oneshot::Receiver<Result<(), LogError>>), StorageError> {
+    ) -> Result<(u64, crate::log::engine::CommitWaiter), StorageError> {
         let engine = self.engine()?;
         let payload = codec::encode_relocate(r);
         let mut inner = index.inner.lock();
@@ -388,7 +389,7 @@ impl LogBackend {
     pub(crate) fn submit_compacted(
         &self,
         seg: u64,
-    ) -> Result<(u64, tokio::sync::oneshot::Receiver<Result<(), LogError>>), StorageError> {
+    ) -> Result<(u64, crate::log::engine::CommitWaiter), StorageError> {
         let engine = self.engine()?;
         let (lsn, rx) = engine
             .submit(

@@ -109,7 +109,7 @@ pub async fn run(
         .map_err(|e| StorageError::Io(e.to_string()))??;
     for rx in wait {
         match rx.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_frame)) => {}
             Ok(Err(e)) => return Err(StorageError::Io(e.to_string())),
             Err(_) => return Err(StorageError::Io("the log committer stopped".into())),
         }
@@ -117,7 +117,7 @@ pub async fn run(
     Ok(report)
 }
 
-type Waiter = tokio::sync::oneshot::Receiver<Result<(), LogError>>;
+type Waiter = crate::log::engine::CommitWaiter;
 
 fn io(e: LogError) -> StorageError {
     StorageError::Io(e.to_string())

@@ -124,12 +124,22 @@ pub struct RecoveryReport {
     pub dropped_segments: u64,
 }
 
+/// What a submitted frame's waiter receives once its batch is durable:
+/// the frame's buffer, handed back so that it is freed by the thread that
+/// allocated it (an appending task's worker). Freed by the committer
+/// instead, every buffer went through the allocator's cross-thread free
+/// path, and the worker paid again to collect those frees.
+pub type Committed = Result<Vec<u8>, LogError>;
+
+/// The receiving end of a submitted frame ([`Committed`]).
+pub type CommitWaiter = oneshot::Receiver<Committed>;
+
 struct Job {
     seg: u64,
     off: u64,
     frame: Vec<u8>,
     end: u64,
-    done: Option<oneshot::Sender<Result<(), LogError>>>,
+    done: Option<oneshot::Sender<Committed>>,
     /// Published by the committer once the batch is durable.
     publish: Option<OnDurable>,
 }
@@ -514,7 +524,7 @@ impl Engine {
         key: u64,
         prev: u64,
         payload: &[u8],
-    ) -> Result<(u64, oneshot::Receiver<Result<(), LogError>>), LogError> {
+    ) -> Result<(u64, CommitWaiter), LogError> {
         self.submit_frame(frame::encode(kind, key, prev, payload), None)
     }
 
@@ -526,7 +536,7 @@ impl Engine {
         &self,
         frame: Vec<u8>,
         publish: Option<OnDurable>,
-    ) -> Result<(u64, oneshot::Receiver<Result<(), LogError>>), LogError> {
+    ) -> Result<(u64, CommitWaiter), LogError> {
         let size = self.opts.segment_size;
         if frame.len() as u64 + 2 * HEADER as u64 > size {
             return Err(LogError::TooLarge(frame.len()));
@@ -825,7 +835,7 @@ fn committer(engine: std::sync::Weak<Engine>, rx: mpsc::Receiver<Job>) {
                 }
                 for j in jobs {
                     if let Some(d) = j.done {
-                        let _ = d.send(Ok(()));
+                        let _ = d.send(Ok(j.frame));
                     }
                 }
             }

@@ -42,6 +42,7 @@ pub mod store;
 #[cfg(feature = "http")]
 pub mod swap;
 pub mod telemetry;
+mod thread_memo;
 
 use std::sync::Arc;
 

@@ -42,6 +42,7 @@ use crate::http::{
 use crate::metrics::names;
 use crate::ratelimit::RateLimiter;
 use crate::request_id::RequestId;
+use crate::thread_memo;
 
 /// Request id, metrics, authentication and rate limits (see the module
 /// docs); mount it with `Router::layer` so `MatchedPath` is known.
@@ -118,15 +119,13 @@ impl Shared {
         // handles belong to the process's one recorder, whichever layer
         // asks.
         let addr = route.map_or(0, |r| r.as_str().as_ptr() as usize);
-        let hit = LAST_HANDLES.try_with(|last| {
-            let last = last.try_borrow().ok()?;
-            let l = last.as_ref()?;
+        let hit = thread_memo::read(&LAST_HANDLES, |l| {
             (l.addr == addr && l.status == status && same_method(l.method, method)).then(|| {
                 l.handles.requests.increment(1);
                 l.handles.duration.record(secs);
             })
         });
-        if let Ok(Some(())) = hit {
+        if hit.is_some() {
             return;
         }
         let h = self.lookup(
@@ -136,16 +135,14 @@ impl Shared {
         );
         h.requests.increment(1);
         h.duration.record(secs);
-        let _ = LAST_HANDLES.try_with(|last| {
-            if let Ok(mut last) = last.try_borrow_mut() {
-                *last = Some(LastHandles {
-                    addr,
-                    _route: route.cloned(),
-                    method,
-                    status,
-                    handles: h,
-                });
-            }
+        thread_memo::update(&LAST_HANDLES, |last| {
+            *last = Some(LastHandles {
+                addr,
+                _route: route.cloned(),
+                method,
+                status,
+                handles: h,
+            });
         });
     }
 

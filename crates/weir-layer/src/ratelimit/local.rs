@@ -37,6 +37,7 @@ use super::gcra::{self, Decision, Limit};
 use crate::cache::Prehashed;
 use crate::clock::SharedClock;
 use crate::principal::Principal;
+use crate::thread_memo;
 
 const SHARDS: usize = 64;
 
@@ -148,38 +149,26 @@ impl LocalBackend {
         if rule >= MEMO_RULES {
             return self.hash_fed(feed);
         }
-        let remembered = LAST_PRINCIPAL.try_with(|last| {
-            let last = last.try_borrow().ok()?;
-            let l = last.as_ref()?;
-            if l.store == self.id && Arc::ptr_eq(&l.principal, principal) {
-                l.hashes[rule]
-            } else {
-                None
-            }
-        });
-        if let Ok(Some(h)) = remembered {
+        let mine = |l: &PrincipalHashes| l.store == self.id && Arc::ptr_eq(&l.principal, principal);
+        let remembered =
+            thread_memo::read(
+                &LAST_PRINCIPAL,
+                |l| if mine(l) { l.hashes[rule] } else { None },
+            );
+        if let Some(h) = remembered {
             return h;
         }
         let h = self.hash_fed(feed);
-        // `try_with`/`try_borrow`: during thread teardown, or re-entered,
-        // the hash is simply not remembered.
-        let _ = LAST_PRINCIPAL.try_with(|last| {
-            let Ok(mut last) = last.try_borrow_mut() else {
-                return;
-            };
-            match last.as_mut() {
-                Some(l) if l.store == self.id && Arc::ptr_eq(&l.principal, principal) => {
-                    l.hashes[rule] = Some(h);
-                }
-                _ => {
-                    let mut hashes = [None; MEMO_RULES];
-                    hashes[rule] = Some(h);
-                    *last = Some(PrincipalHashes {
-                        store: self.id,
-                        principal: principal.clone(),
-                        hashes,
-                    });
-                }
+        thread_memo::update(&LAST_PRINCIPAL, |last| match last {
+            Some(l) if mine(l) => l.hashes[rule] = Some(h),
+            _ => {
+                let mut hashes = [None; MEMO_RULES];
+                hashes[rule] = Some(h);
+                *last = Some(PrincipalHashes {
+                    store: self.id,
+                    principal: principal.clone(),
+                    hashes,
+                });
             }
         });
         h

@@ -34,6 +34,7 @@ use crate::metrics::names;
 use crate::principal::{AuthMethod, Principal};
 use crate::problem::{ErrorCode, Problem};
 use crate::secret::{self, Secret};
+use crate::thread_memo;
 
 pub use gcra::{Decision, Limit};
 
@@ -604,11 +605,12 @@ impl RateLimiter {
 }
 
 /// The last `RateLimit` value built on this thread: its policy (kept
-/// alive here, so a pointer compare identifies it), `r` and `t`.
-type LastValue = Option<(Arc<str>, u64, u64, http::HeaderValue)>;
+/// alive here, so a pointer compare identifies it), `r`, `t` and the value.
+type LastValue = (Arc<str>, u64, u64, http::HeaderValue);
 
 thread_local! {
-    static LAST_RATELIMIT: std::cell::RefCell<LastValue> = const { std::cell::RefCell::new(None) };
+    static LAST_RATELIMIT: std::cell::RefCell<Option<LastValue>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// One decision's `RateLimit` value (`"{policy}";r={remaining};t={secs}`,
@@ -622,22 +624,15 @@ thread_local! {
 fn ratelimit_value(d: &PolicyDecision) -> Option<http::HeaderValue> {
     let secs = ceil_secs(d.decision.reset_after);
     let remaining = d.decision.remaining;
-    let same = |last: &LastValue| match last {
-        Some((p, r, t, v)) if Arc::ptr_eq(p, &d.policy) && *r == remaining && *t == secs => {
-            Some(v.clone())
-        }
-        _ => None,
-    };
-    // `try_with`/`try_borrow`: during thread teardown, or re-entered, the
-    // value is simply built.
-    if let Ok(Some(v)) = LAST_RATELIMIT.try_with(|l| l.try_borrow().ok().and_then(|l| same(&l))) {
-        return Some(v);
+    let same = thread_memo::read(&LAST_RATELIMIT, |(p, r, t, v)| {
+        (Arc::ptr_eq(p, &d.policy) && *r == remaining && *t == secs).then(|| v.clone())
+    });
+    if same.is_some() {
+        return same;
     }
     let v = build_ratelimit_value(d, remaining, secs)?;
-    let _ = LAST_RATELIMIT.try_with(|l| {
-        if let Ok(mut l) = l.try_borrow_mut() {
-            *l = Some((d.policy.clone(), remaining, secs, v.clone()));
-        }
+    thread_memo::update(&LAST_RATELIMIT, |l| {
+        *l = Some((d.policy.clone(), remaining, secs, v.clone()));
     });
     Some(v)
 }

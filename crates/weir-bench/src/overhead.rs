@@ -7,9 +7,10 @@
 //! ids and Prometheus metrics. Runs the append workloads against each —
 //! `--connections` connections to one stream and to as many streams (both
 //! saturate the server), and one connection sending one append at a time
-//! (the latency of an append on an otherwise idle server) — alternating
-//! the order every round so drift on a shared machine hits both alike,
-//! and prints medians and the layer's overhead.
+//! (the latency of an append on an otherwise idle server). Each workload
+//! runs on both servers back to back, in an order that alternates every
+//! round, so drift on a shared machine hits both alike; it prints medians,
+//! the median of the per-round ratios and their quartiles.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -111,20 +112,30 @@ pub async fn run(
     // so its latency is one append's own round trip.
     let mut runs: [[Vec<AppendRun>; 3]; 2] = Default::default();
     for round in 0..rounds {
+        // Each workload's two runs are back to back (seconds apart), in
+        // an order that alternates every round: this machine's speed
+        // drifts by tens of percent over minutes, and a pair this close
+        // sees the same machine.
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for which in order {
-            let (srv, set) = if which == 0 {
-                (&off, &off_settings)
-            } else {
-                (&on, &on_settings)
-            };
-            let serial = Settings {
-                connections: 1,
-                ..set.clone()
-            };
-            let workloads = [(1, set), (s.connections, set), (1, &serial)];
-            for (k, (streams, set)) in workloads.into_iter().enumerate() {
-                let r = appends(&srv.url, set, streams, Some(srv.pid)).await?;
+        for k in 0..3 {
+            for which in order {
+                let (srv, set) = if which == 0 {
+                    (&off, &off_settings)
+                } else {
+                    (&on, &on_settings)
+                };
+                let (streams, set) = match k {
+                    0 => (1, set.clone()),
+                    1 => (s.connections, set.clone()),
+                    _ => (
+                        1,
+                        Settings {
+                            connections: 1,
+                            ..set.clone()
+                        },
+                    ),
+                };
+                let r = appends(&srv.url, &set, streams, Some(srv.pid)).await?;
                 eprintln!(
                     "round {round} layer {} {streams:>3} streams, {:>3} connections: {:.0}/s p50 {:.3} ms p99 {:.3} ms cpu {:.1} µs",
                     if which == 0 { "off" } else { "on " },
@@ -141,11 +152,11 @@ pub async fn run(
     off.stop().await;
     on.stop().await;
     // Two estimates of each ratio: of the medians, and the median of each
-    // round's own ratio (its two runs are minutes apart at most, so drift
-    // of the shared machine over the whole run cancels out of it).
+    // round's own ratio (its two runs are seconds apart, so drift of the
+    // shared machine cancels out of it), with that ratio's quartiles.
     println!(
-        "{:<36}{:>12}{:>12}{:>12}{:>14}",
-        "median of rounds", "layer off", "layer on", "on ÷ off", "per-round ÷"
+        "{:<36}{:>12}{:>12}{:>12}{:>14}{:>18}",
+        "median of rounds", "layer off", "layer on", "on ÷ off", "per-round ÷", "quartiles"
     );
     for (k, label) in [(0, "1 stream"), (1, "N streams"), (2, "1 connection")] {
         let rows: [(&str, Getter); 4] = [
@@ -158,17 +169,24 @@ pub async fn run(
             let a = median(runs[0][k].iter().map(get).collect());
             let b = median(runs[1][k].iter().map(get).collect());
             let ratio = if a == 0.0 { 0.0 } else { b / a };
-            let paired = median(
-                runs[0][k]
-                    .iter()
-                    .zip(&runs[1][k])
-                    .filter(|(off, _)| get(off) != 0.0)
-                    .map(|(off, on)| get(on) / get(off))
-                    .collect(),
-            );
+            let mut paired: Vec<f64> = runs[0][k]
+                .iter()
+                .zip(&runs[1][k])
+                .filter(|(off, _)| get(off) != 0.0)
+                .map(|(off, on)| get(on) / get(off))
+                .collect();
+            paired.sort_by(f64::total_cmp);
+            let q = |p: f64| {
+                paired
+                    .get(((paired.len().saturating_sub(1)) as f64 * p).round() as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            };
             println!(
-                "{:<36}{a:>12.3}{b:>12.3}{ratio:>12.3}{paired:>14.3}",
-                format!("{name}, {label}")
+                "{:<36}{a:>12.3}{b:>12.3}{ratio:>12.3}{:>14.3}{:>18}",
+                format!("{name}, {label}"),
+                q(0.5),
+                format!("{:.3}–{:.3}", q(0.25), q(0.75)),
             );
         }
     }

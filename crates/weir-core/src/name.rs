@@ -242,6 +242,29 @@ mod tests {
             prop_assert_eq!(StreamName::scoped(&p, &n), joined);
         }
 
+        /// The one-pass check answers what the rules answer, checked one
+        /// by one in their order.
+        #[test]
+        fn one_pass_is_the_rules_in_order(s in "(__ds)?[a./\\n\u{7f}\u{85}é_]{0,12}") {
+            let expected = if s.chars().any(char::is_control) {
+                Err(NameError::ControlChar)
+            } else {
+                s.split('/')
+                    .enumerate()
+                    .find_map(|(i, seg)| {
+                        if matches!(seg, "" | "." | "..") {
+                            Some(NameError::BadSegment)
+                        } else if i == 0 && seg == RESERVED_SEGMENT {
+                            Some(NameError::Reserved)
+                        } else {
+                            None
+                        }
+                    })
+                    .map_or(Ok(()), Err)
+            };
+            prop_assert_eq!(check_parts(&s), expected);
+        }
+
         #[test]
         fn valid_names_have_no_traversal(s in ".{0,64}") {
             if let Ok(n) = StreamName::new(&s) {

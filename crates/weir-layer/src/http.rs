@@ -193,59 +193,61 @@ impl ForeignProblem {
 /// finishes without a second future of its own.
 // The response is handed back whole either way (moved, not boxed).
 #[allow(clippy::result_large_err)]
-pub(crate) fn stamp_now(resp: Response, id: &RequestId) -> Result<Response, ForeignProblem> {
-    let (mut parts, body) = resp.into_parts();
+pub(crate) fn stamp_now(mut resp: Response, id: &RequestId) -> Result<Response, ForeignProblem> {
+    // Worked on in place: the response is taken apart only for the rare
+    // bodies that change (a `Response` is a few hundred bytes to move).
     if let Some(v) = id.header_value() {
-        parts.headers.insert(&X_REQUEST_ID, v);
+        resp.headers_mut().insert(&X_REQUEST_ID, v);
     }
+    let status = resp.status();
     // One line per request at debug level (off by default: a disabled
     // callsite costs one check), inside the request's span like every
     // line it logs.
-    tracing::debug!(status = parts.status.as_u16(), "response");
+    tracing::debug!(status = status.as_u16(), "response");
     if crate::telemetry::enabled() {
         // Runs inside the request's span: its exported attributes and the
         // `traceparent` naming it.
         let span = tracing::Span::current();
-        span.record(
-            "http.response.status_code",
-            i64::from(parts.status.as_u16()),
-        );
-        if parts.status.is_server_error() {
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
             // OpenTelemetry semantics: 5xx marks a server span as failed.
             span.record("otel.status_code", "error");
         }
         if let Some(tp) = crate::telemetry::traceparent_of(&span) {
-            parts.headers.insert(&crate::request_id::TRACEPARENT, tp);
+            resp.headers_mut()
+                .insert(&crate::request_id::TRACEPARENT, tp);
         }
     }
-    if let Some(mut p) = parts.extensions.remove::<Problem>() {
+    if let Some(mut p) = resp.extensions_mut().remove::<Problem>() {
         if p.correlation_id.is_none() {
             p.correlation_id = Some(id.to_string());
         }
+        let (mut parts, _) = resp.into_parts();
         parts.headers.remove(http::header::CONTENT_LENGTH);
         return Ok(Response::from_parts(parts, Body::from(p.to_json())));
     }
     // An empty body (every `204`, most appends) has nothing to rewrite:
     // asking the body is cheaper than looking up `Content-Type`.
-    if http_body::Body::is_end_stream(&body) {
-        return Ok(Response::from_parts(parts, body));
+    if http_body::Body::is_end_stream(resp.body()) {
+        return Ok(resp);
     }
-    let is_problem = parts
-        .headers
+    let is_problem = resp
+        .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(PROBLEM_JSON));
     if !is_problem {
-        return Ok(Response::from_parts(parts, body));
+        return Ok(resp);
     }
     // A problem body built elsewhere (e.g. weir-server's own errors): only
     // small bodies of known length are rewritten; others pass untouched.
-    let small = http_body::Body::size_hint(&body)
+    let small = http_body::Body::size_hint(resp.body())
         .exact()
         .is_some_and(|n| n <= MAX_REWRITE as u64);
     if !small {
-        return Ok(Response::from_parts(parts, body));
+        return Ok(resp);
     }
+    let (parts, body) = resp.into_parts();
     Err(ForeignProblem { parts, body })
 }
 

@@ -117,23 +117,19 @@ pub async fn run(
         // drifts by tens of percent over minutes, and a pair this close
         // sees the same machine.
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for k in 0..3 {
+        // (streams, connections): one stream and as many streams as
+        // connections, both saturating; then one append at a time.
+        let workloads = [(1, s.connections), (s.connections, s.connections), (1, 1)];
+        for (k, (streams, connections)) in workloads.into_iter().enumerate() {
             for which in order {
                 let (srv, set) = if which == 0 {
                     (&off, &off_settings)
                 } else {
                     (&on, &on_settings)
                 };
-                let (streams, set) = match k {
-                    0 => (1, set.clone()),
-                    1 => (s.connections, set.clone()),
-                    _ => (
-                        1,
-                        Settings {
-                            connections: 1,
-                            ..set.clone()
-                        },
-                    ),
+                let set = Settings {
+                    connections,
+                    ..set.clone()
                 };
                 let r = appends(&srv.url, &set, streams, Some(srv.pid)).await?;
                 eprintln!(

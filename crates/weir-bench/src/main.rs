@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::servers::{ServerKind, Spawned};
-use crate::workloads::Settings;
+use crate::workloads::{Settings, median};
 
 #[derive(Parser, Debug)]
 #[command(name = "weir-bench", about)]
@@ -274,11 +274,6 @@ async fn compare_rounds(
 /// The figure named `name`, if measured.
 fn figure(rows: &Rows, name: &str) -> Option<f64> {
     rows.iter().find(|(n, _)| n == name).and_then(|r| r.1)
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied()
 }
 
 /// Prints one row per figure and one column per server, then the first

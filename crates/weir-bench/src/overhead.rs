@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use crate::servers::Spawned;
-use crate::workloads::{AppendRun, Settings, appends};
+use crate::workloads::{AppendRun, Settings, appends, median, pct};
 
 const ON_TOML: &str = r#"
 [auth]
@@ -66,11 +66,6 @@ pub(crate) fn on_toml(db: &Path) -> String {
 
 /// Reads one figure of a run.
 type Getter = fn(&AppendRun) -> f64;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-}
 
 pub async fn run(
     weir_bin: Option<&Path>,
@@ -162,8 +157,8 @@ pub async fn run(
             ("server CPU µs/append", |r| r.server_cpu_us.unwrap_or(0.0)),
         ];
         for (name, get) in rows {
-            let a = median(runs[0][k].iter().map(get).collect());
-            let b = median(runs[1][k].iter().map(get).collect());
+            let a = median(runs[0][k].iter().map(get).collect()).unwrap_or(0.0);
+            let b = median(runs[1][k].iter().map(get).collect()).unwrap_or(0.0);
             let ratio = if a == 0.0 { 0.0 } else { b / a };
             let mut paired: Vec<f64> = runs[0][k]
                 .iter()
@@ -172,12 +167,7 @@ pub async fn run(
                 .map(|(off, on)| get(on) / get(off))
                 .collect();
             paired.sort_by(f64::total_cmp);
-            let q = |p: f64| {
-                paired
-                    .get(((paired.len().saturating_sub(1)) as f64 * p).round() as usize)
-                    .copied()
-                    .unwrap_or(0.0)
-            };
+            let q = |p: f64| pct(&paired, p).unwrap_or(0.0);
             println!(
                 "{:<36}{a:>12.3}{b:>12.3}{ratio:>12.3}{:>14.3}{:>18}",
                 format!("{name}, {label}"),

@@ -136,12 +136,19 @@ fn client() -> anyhow::Result<reqwest::Client> {
     client_with(std::env::var("WEIR_BENCH_API_KEY").ok().as_deref())
 }
 
-fn pct(sorted: &[f64], p: f64) -> Option<f64> {
+/// The `p` quantile (0–1) of already sorted values, by nearest rank.
+pub(crate) fn pct(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).copied()
+}
+
+/// The median of unsorted values ([`pct`] at 0.5).
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    pct(&v, 0.5)
 }
 
 fn unique(prefix: &str) -> String {

@@ -242,10 +242,10 @@ mod tests {
             prop_assert_eq!(StreamName::scoped(&p, &n), joined);
         }
 
-        /// The one-pass check answers what the rules answer, checked one
-        /// by one in their order.
+        /// `check_parts` answers what the naming rules answer, applied one
+        /// by one in their order (control characters, then each segment).
         #[test]
-        fn one_pass_is_the_rules_in_order(s in "(__ds)?[a./\\n\u{7f}\u{85}é_]{0,12}") {
+        fn check_parts_is_the_rules_in_order(s in "(__ds)?[a./\\n\u{7f}\u{85}é_]{0,12}") {
             let expected = if s.chars().any(char::is_control) {
                 Err(NameError::ControlChar)
             } else {

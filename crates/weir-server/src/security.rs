@@ -60,7 +60,12 @@ where
         if req.method() == Method::OPTIONS {
             return Either::Left(ready(Ok(add_headers(preflight(req.headers())))));
         }
-        Either::Right(self.inner.call(req).map_ok(add_headers as AddHeaders))
+        let add = if needs_cors(&req) {
+            add_headers as AddHeaders
+        } else {
+            add_security_headers as AddHeaders
+        };
+        Either::Right(self.inner.call(req).map_ok(add))
     }
 }
 
@@ -84,13 +89,36 @@ fn preflight(req: &http::HeaderMap) -> Response {
     r
 }
 
-fn add_headers(mut resp: Response) -> Response {
+/// Whether a response needs the CORS headers.
+///
+/// A browser sends `Origin` on every cross-origin request and on every
+/// `POST`, `PUT` and `DELETE`; a response to a request without it goes to
+/// a client that ignores CORS. `GET` and `HEAD` responses carry them
+/// regardless: they can be cached and then served to a browser's request
+/// (a `*` origin that never varies needs no `Vary: Origin`). Leaving them
+/// off the rest spares every server-to-server append and create some 340
+/// bytes of response head that the client would parse and drop.
+fn needs_cors<B>(req: &Request<B>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        || req.headers().contains_key(header::ORIGIN)
+}
+
+/// `X-Content-Type-Options` and `Cross-Origin-Resource-Policy`, on every
+/// response (PROTOCOL.md §12.7).
+fn add_security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
     h.insert(CORP, HeaderValue::from_static("cross-origin"));
+    resp
+}
+
+/// The security headers and the CORS headers of a simple request.
+fn add_headers(resp: Response) -> Response {
+    let mut resp = add_security_headers(resp);
+    let h = resp.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),

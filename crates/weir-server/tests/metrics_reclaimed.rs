@@ -34,6 +34,7 @@ async fn metrics_show_the_bytes_compaction_reclaimed() {
         engine: EngineOptions {
             segment_size: 256 * 1024,
             sync: SyncMode::None,
+            ..EngineOptions::default()
         },
         min_free_bytes: 0,
         ..LogOptions::default()

@@ -338,3 +338,85 @@ async fn text_like_responses_are_compressed_on_request() {
     let _ = r.chunk().await.unwrap();
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn cors_headers_go_to_browsers_and_to_cacheable_reads() {
+    let srv = TestServer::start().await;
+    let url = srv.url("cors");
+    let acao = |r: &reqwest::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let expose = |r: &reqwest::Response| {
+        r.headers()
+            .get("access-control-expose-headers")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // A browser's write (it always sends Origin): CORS headers, offset exposed.
+    let r = srv
+        .client
+        .put(&url)
+        .header("content-type", "text/plain")
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(acao(&r).as_deref(), Some("*"));
+    let r = srv
+        .client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("origin", "https://app.example")
+        .body("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(acao(&r).as_deref(), Some("*"));
+    assert!(expose(&r).unwrap().contains("stream-next-offset"));
+
+    // A server-to-server write: the security headers, no CORS.
+    let r = srv
+        .client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(acao(&r), None);
+    assert_eq!(expose(&r), None);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["cross-origin-resource-policy"], "cross-origin");
+    assert!(r.headers().contains_key("stream-next-offset"));
+
+    // Reads can be cached and served to a browser later: always CORS.
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let r = srv
+            .client
+            .request(method.clone(), format!("{url}?offset=-1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{method}");
+        assert_eq!(acao(&r).as_deref(), Some("*"), "{method}");
+        assert!(expose(&r).is_some(), "{method}");
+    }
+    // Errors to a browser carry CORS too, so it can read them.
+    let r = srv
+        .client
+        .post(srv.url("missing"))
+        .header("content-type", "text/plain")
+        .header("origin", "https://app.example")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(acao(&r).as_deref(), Some("*"));
+    srv.stop().await;
+}

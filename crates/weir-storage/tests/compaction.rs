@@ -26,6 +26,7 @@ fn opts() -> LogOptions {
             segment_size: SEG,
             // Durability is the power-loss tests' subject; keep this fast.
             sync: SyncMode::None,
+            ..EngineOptions::default()
         },
         min_free_bytes: 0,
         ..LogOptions::default()

@@ -23,6 +23,7 @@ fn opts() -> LogOptions {
         engine: EngineOptions {
             segment_size: 64 * 1024,
             sync: SyncMode::None,
+            ..EngineOptions::default()
         },
         min_free_bytes: 0,
         ..LogOptions::default()

@@ -129,6 +129,7 @@ async fn serve(
                         SyncKind::Data => SyncMode::Data,
                         SyncKind::None => SyncMode::None,
                     },
+                    zero_ahead: st.zero_ahead,
                 },
                 min_free_bytes: st.min_free_mib * 1024 * 1024,
                 ..LogOptions::default()

@@ -23,6 +23,14 @@ pub trait Fs: Send + Sync + 'static {
     fn sync_dir(&self) -> io::Result<()>;
     /// Bytes free on the device (for readiness and 507s).
     fn free_bytes(&self) -> io::Result<u64>;
+    /// Whether writing zeros ahead of the log's write position makes its
+    /// syncs cheaper (see `engine::ZeroAhead`): true where preallocated
+    /// space is *unwritten* until first written, as on ext4 and XFS. The
+    /// simulated disk has no such cost, and a second writing thread would
+    /// make its fault schedule (the n-th write or sync) nondeterministic.
+    fn zero_fill_pays(&self) -> bool {
+        false
+    }
 }
 
 /// One open file.
@@ -94,8 +102,10 @@ impl Fs for RealFs {
                     .write(true)
                     .create_new(true)
                     .open(&path)?;
-                // Preallocate so appends never change the file size: an
-                // fdatasync then flushes data only, not the inode.
+                // Preallocate so appends never change the file size (an
+                // fdatasync then need not write the inode's size). The
+                // space stays "unwritten" until written: the engine's
+                // zeroer writes it ahead of the commits (engine::ZeroAhead).
                 rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len)
                     .map_err(io::Error::from)?;
                 f.sync_all()?;
@@ -126,6 +136,10 @@ impl Fs for RealFs {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+
+    fn zero_fill_pays(&self) -> bool {
+        true
     }
 
     fn free_bytes(&self) -> io::Result<u64> {

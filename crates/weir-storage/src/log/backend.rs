@@ -293,12 +293,9 @@ impl LogBackend {
             }
         };
         Ok(Some(Box::pin(async move {
-            match rx.await {
-                // The frame's buffer is freed here, on this task's thread.
-                Ok(Ok(_frame)) => Ok(()),
-                Ok(Err(e)) => Err(storage_error(e)),
-                Err(_) => Err(StorageError::Io("the log committer stopped".into())),
-            }
+            crate::log::engine::committed(rx)
+                .await
+                .map_err(storage_error)
         })))
     }
 

@@ -37,7 +37,7 @@ use bytes::Bytes;
 
 use super::backend::{ANCHOR_BYTES, LogStorage};
 use super::codec::{self, Relocate};
-use super::engine::LogError;
+use super::engine::{CommitWaiter, LogError};
 use super::frame;
 use crate::StorageError;
 
@@ -108,16 +108,10 @@ pub async fn run(
         .await
         .map_err(|e| StorageError::Io(e.to_string()))??;
     for rx in wait {
-        match rx.await {
-            Ok(Ok(_frame)) => {}
-            Ok(Err(e)) => return Err(StorageError::Io(e.to_string())),
-            Err(_) => return Err(StorageError::Io("the log committer stopped".into())),
-        }
+        crate::log::engine::committed(rx).await.map_err(io)?;
     }
     Ok(report)
 }
-
-type Waiter = crate::log::engine::CommitWaiter;
 
 fn io(e: LogError) -> StorageError {
     StorageError::Io(e.to_string())
@@ -126,7 +120,7 @@ fn io(e: LogError) -> StorageError {
 fn run_blocking(
     table: &LogStorage,
     opts: &CompactOptions,
-) -> Result<(CompactReport, Vec<Waiter>), StorageError> {
+) -> Result<(CompactReport, Vec<CommitWaiter>), StorageError> {
     let backend = table.backend().clone();
     let engine = backend
         .engine_handle()
@@ -261,7 +255,7 @@ fn relocate_segment(
     engine: &super::engine::Engine,
     seg: u64,
     report: &mut CompactReport,
-    wait: &mut Vec<Waiter>,
+    wait: &mut Vec<CommitWaiter>,
 ) -> Result<(), StorageError> {
     let backend = table.backend();
     let size = engine.segment_size();
@@ -332,7 +326,7 @@ fn relocate_segment(
             };
             let first_prev = first.prev;
             let bytes: u64 = run.iter().map(|r| r.len).sum();
-            let submitted = table.gated(|| -> Result<Option<Waiter>, StorageError> {
+            let submitted = table.gated(|| -> Result<Option<CommitWaiter>, StorageError> {
                 // Deleted meanwhile, or relocated before a crash: nothing to do.
                 match table.index_of(id) {
                     Some(cur) if Arc::ptr_eq(&cur, &index) && !index.relocated(reloc.old_last) => {

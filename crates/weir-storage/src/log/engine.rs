@@ -140,6 +140,18 @@ pub type Committed = Result<Vec<u8>, LogError>;
 /// The receiving end of a submitted frame ([`Committed`]).
 pub type CommitWaiter = oneshot::Receiver<Committed>;
 
+/// Waits until a submitted frame's batch is durable. The frame's buffer
+/// comes back with the completion and is freed here, on the waiting
+/// task's thread (see [`Committed`]).
+pub async fn committed(waiter: CommitWaiter) -> Result<(), LogError> {
+    match waiter.await {
+        Ok(Ok(_frame)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        // The committer drops a waiter only when it stops.
+        Err(_) => Err(LogError::Closed),
+    }
+}
+
 struct Job {
     seg: u64,
     off: u64,

@@ -68,6 +68,10 @@ pub struct ProfileArgs {
     /// Append body size in bytes.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Streams the connections append to (connection `i` writes stream
+    /// `i mod streams`): the compare bench's "1 stream" and "N streams".
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
     /// Storage backend: `memory`, or `log` (the durable default; its
     /// committer thread's instructions count too).
     #[arg(long, default_value = "memory", value_parser = ["memory", "log"])]
@@ -183,20 +187,26 @@ fn dump_file(file: &Path) -> PathBuf {
 
 async fn drive(server: &Spawned, key: Option<&str>, a: &ProfileArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().http1_only().build()?;
-    let path = "/v1/stream/profile-append";
-    let mut put = client
-        .put(format!("{}{path}", server.url))
-        .header("content-type", "application/octet-stream");
-    if let Some(k) = key {
-        put = put.header("x-api-key", k);
-    }
-    let r = put.send().await?;
-    if !r.status().is_success() {
-        bail!("creating the stream: {}", r.status());
+    let streams = a.streams.clamp(1, a.connections.max(1));
+    let paths: Vec<String> = (0..streams)
+        .map(|i| format!("/v1/stream/profile-append-{i}"))
+        .collect();
+    for path in &paths {
+        let mut put = client
+            .put(format!("{}{path}", server.url))
+            .header("content-type", "application/octet-stream");
+        if let Some(k) = key {
+            put = put.header("x-api-key", k);
+        }
+        let r = put.send().await?;
+        if !r.status().is_success() {
+            bail!("creating the stream: {}", r.status());
+        }
     }
     let body = vec![b'x'; a.size];
     let mut posters = Vec::new();
-    for _ in 0..a.connections.max(1) {
+    for i in 0..a.connections.max(1) {
+        let path = &paths[i % streams];
         posters.push(crate::raw::Poster::connect(&server.url, path, &body, key).await?);
     }
     let posters = send(posters, a.warmup).await?;

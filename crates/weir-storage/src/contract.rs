@@ -517,6 +517,49 @@ pub async fn random_model(s: Arc<dyn Storage>, seed: u64) {
     assert_eq!(read_all(&*s, "m").await, model);
 }
 
+/// A watcher that subscribes while a commit is being published either sees
+/// the new tail or is woken for it — never left waiting. Publishing skips
+/// the wake-up when nobody watches; this races subscriptions against the
+/// log's committer thread (the memory backend publishes on the appending
+/// task, where there is no race to lose). Every round starts with no
+/// watcher, so the publish takes the no-watcher path.
+pub async fn watch_races_publish(s: Arc<dyn Storage>) {
+    s.create(create_req("race", "text/plain", b""))
+        .await
+        .unwrap();
+    for round in 0..400u32 {
+        let before = s.watch(&name("race")).await.unwrap().borrow().pos;
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move { s.append(&name("race"), bytes_append(b"x")).await })
+        };
+        for _ in 0..round % 4 {
+            tokio::task::yield_now().await;
+        }
+        let mut w = s.watch(&name("race")).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                // Alternate the two ways readers look at the tail: the
+                // watch's own value, and the stream's state.
+                let now = if round % 2 == 0 {
+                    w.borrow_and_update().pos
+                } else {
+                    w.borrow_and_update();
+                    let info = s.head(&name("race")).await.unwrap();
+                    info.tail.pos
+                };
+                if now > before {
+                    break;
+                }
+                w.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: watcher left waiting"));
+        writer.await.unwrap().unwrap();
+    }
+}
+
 /// Runs the whole contract, each case on a fresh store.
 pub async fn run_all<F: Fn() -> Arc<dyn Storage>>(fresh: F) {
     create_and_delete(fresh()).await;
@@ -525,6 +568,7 @@ pub async fn run_all<F: Fn() -> Arc<dyn Storage>>(fresh: F) {
     forks(fresh()).await;
     json_messages(fresh()).await;
     notifications(fresh()).await;
+    watch_races_publish(fresh()).await;
     listing_and_kv(fresh()).await;
     expiry(fresh()).await;
     for seed in [1, 7, 42, 1234] {

@@ -342,81 +342,61 @@ async fn text_like_responses_are_compressed_on_request() {
 #[tokio::test]
 async fn cors_headers_go_to_browsers_and_to_cacheable_reads() {
     let srv = TestServer::start().await;
-    let url = srv.url("cors");
-    let acao = |r: &reqwest::Response| {
-        r.headers()
-            .get("access-control-allow-origin")
-            .map(|v| v.to_str().unwrap().to_owned())
+    // A write, from a browser (it always sends Origin on writes) or not.
+    let write = |method: reqwest::Method, stream: &str, browser: bool| {
+        let mut req = srv
+            .client
+            .request(method, srv.url(stream))
+            .header("content-type", "text/plain")
+            .body("x");
+        if browser {
+            req = req.header("origin", "https://app.example");
+        }
+        req.send()
     };
-    let expose = |r: &reqwest::Response| {
-        r.headers()
-            .get("access-control-expose-headers")
-            .map(|v| v.to_str().unwrap().to_owned())
+    let cors = |r: &reqwest::Response| {
+        (
+            hdr(r, "access-control-allow-origin"),
+            hdr(r, "access-control-expose-headers")
+                .is_some_and(|v| v.contains("stream-next-offset")),
+        )
     };
 
-    // A browser's write (it always sends Origin): CORS headers, offset exposed.
-    let r = srv
-        .client
-        .put(&url)
-        .header("content-type", "text/plain")
-        .header("origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
+    let r = write(reqwest::Method::PUT, "cors", true).await.unwrap();
     assert_eq!(r.status(), 201);
-    assert_eq!(acao(&r).as_deref(), Some("*"));
-    let r = srv
-        .client
-        .post(&url)
-        .header("content-type", "text/plain")
-        .header("origin", "https://app.example")
-        .body("a")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(cors(&r), (Some("*".into()), true));
+    let r = write(reqwest::Method::POST, "cors", true).await.unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(acao(&r).as_deref(), Some("*"));
-    assert!(expose(&r).unwrap().contains("stream-next-offset"));
+    assert_eq!(cors(&r), (Some("*".into()), true));
+    // Errors to a browser carry CORS too, so it can read them.
+    let r = write(reqwest::Method::POST, "missing", true).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(cors(&r), (Some("*".into()), true));
 
     // A server-to-server write: the security headers, no CORS.
-    let r = srv
-        .client
-        .post(&url)
-        .header("content-type", "text/plain")
-        .body("b")
-        .send()
-        .await
-        .unwrap();
+    let r = write(reqwest::Method::POST, "cors", false).await.unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(acao(&r), None);
-    assert_eq!(expose(&r), None);
-    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
-    assert_eq!(r.headers()["cross-origin-resource-policy"], "cross-origin");
-    assert!(r.headers().contains_key("stream-next-offset"));
+    assert_eq!(cors(&r), (None, false));
+    assert_eq!(
+        hdr(&r, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    assert_eq!(
+        hdr(&r, "cross-origin-resource-policy").as_deref(),
+        Some("cross-origin")
+    );
+    assert!(hdr(&r, "stream-next-offset").is_some());
 
     // Reads can be cached and served to a browser later: always CORS.
     for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
         let r = srv
             .client
-            .request(method.clone(), format!("{url}?offset=-1"))
+            .request(method.clone(), format!("{}?offset=-1", srv.url("cors")))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{method}");
-        assert_eq!(acao(&r).as_deref(), Some("*"), "{method}");
-        assert!(expose(&r).is_some(), "{method}");
+        assert_eq!(cors(&r), (Some("*".into()), true), "{method}");
     }
-    // Errors to a browser carry CORS too, so it can read them.
-    let r = srv
-        .client
-        .post(srv.url("missing"))
-        .header("content-type", "text/plain")
-        .header("origin", "https://app.example")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(acao(&r).as_deref(), Some("*"));
     srv.stop().await;
 }

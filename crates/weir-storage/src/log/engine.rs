@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use super::frame::{self, HEADER, KIND_SEGMENT_END, NO_PREV, Slot};
 use super::fs::{Fs, LogFile};
 use crate::backend::OnDurable;
-use crate::lock::Mutex;
+use crate::lock::{Condvar, Mutex};
 
 /// Name of the file recording the on-disk format version.
 pub const FORMAT_FILE: &str = "FORMAT";
@@ -218,8 +218,8 @@ const ZERO_LOW_WATER: u64 = 3 << 20;
 /// reference, so dropping the engine is never delayed by it.
 #[derive(Default)]
 struct ZeroMailbox {
-    state: std::sync::Mutex<ZeroRequest>,
-    cv: std::sync::Condvar,
+    state: Mutex<ZeroRequest>,
+    cv: Condvar,
 }
 
 #[derive(Default)]
@@ -230,10 +230,7 @@ struct ZeroRequest {
 
 impl ZeroMailbox {
     fn post(&self, stop: bool) {
-        let mut g = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self.state.lock();
         g.asked = true;
         g.stop |= stop;
         self.cv.notify_one();
@@ -256,7 +253,7 @@ pub struct Engine {
     zero_busy: AtomicBool,
     /// The committer waits here (with the reserve lock) for a busy range
     /// to be released.
-    zero_released: std::sync::Condvar,
+    zero_released: Condvar,
     zero_mailbox: Arc<ZeroMailbox>,
 }
 
@@ -614,7 +611,7 @@ impl Engine {
             committer: Mutex::new(None),
             reclaimed: AtomicU64::new(0),
             zero_busy: AtomicBool::new(false),
-            zero_released: std::sync::Condvar::new(),
+            zero_released: Condvar::new(),
             zero_mailbox: Arc::new(ZeroMailbox::default()),
         });
         let weak = Arc::downgrade(&engine);
@@ -819,7 +816,7 @@ impl Engine {
     /// written zeros over in the current segment (`None`: it does not run).
     pub fn zeroed_ahead(&self) -> Option<u64> {
         let r = self.reserve.lock();
-        (r.zero.on).then(|| {
+        r.zero.on.then(|| {
             if r.zero.seg == r.seg {
                 r.zero.done.saturating_sub(r.off)
             } else {
@@ -910,10 +907,7 @@ impl Engine {
         let mut r = self.reserve.lock();
         r.zero.on = false;
         while r.zero.busy.is_some() {
-            r = self
-                .zero_released
-                .wait(r)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            r = self.zero_released.wait(r);
         }
         drop(r);
         self.zero_mailbox.post(true);
@@ -955,22 +949,16 @@ impl Engine {
         r.zero.busy = None;
         self.zero_busy.store(false, Ordering::Release);
         self.zero_released.notify_all();
-        match result {
-            Ok(true) => {
-                if r.zero.seg == seg {
-                    r.zero.done = r.zero.done.max(end);
-                }
-                Ok(true)
-            }
-            Ok(false) => {
-                // The segment's file is not created yet (the committer
-                // creates it with its first batch): ask again on the next
-                // submission.
-                r.zero.ask_at = 0;
-                Ok(false)
-            }
-            Err(e) => Err(e),
+        if !result? {
+            // The segment's file is not created yet (the committer creates
+            // it with its first batch): ask again on the next submission.
+            r.zero.ask_at = 0;
+            return Ok(false);
         }
+        if r.zero.seg == seg {
+            r.zero.done = r.zero.done.max(end);
+        }
+        Ok(true)
     }
 
     /// Writes and syncs zeros over `[start, end)` of `seg` through the
@@ -984,16 +972,17 @@ impl Engine {
         end: u64,
     ) -> Result<bool, LogError> {
         static ZEROS: [u8; ZERO_CHUNK as usize] = [0; ZERO_CHUNK as usize];
-        if file.as_ref().is_none_or(|(s, _)| *s != seg) {
-            *file = None;
-            match self.fs.open(&seg_name(seg), None) {
-                Ok(f) => *file = Some((seg, f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(e.into()),
+        let f = match file {
+            Some((s, f)) if *s == seg => f,
+            _ => {
+                // The previous segment's handle is not needed any more.
+                *file = None;
+                match self.fs.open(&seg_name(seg), None) {
+                    Ok(f) => &file.insert((seg, f)).1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
             }
-        }
-        let Some((_, f)) = file.as_ref() else {
-            return Ok(false);
         };
         let mut off = start;
         while off < end {
@@ -1017,10 +1006,7 @@ impl Engine {
             && start < b
             && a < end
         {
-            r = self
-                .zero_released
-                .wait(r)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            r = self.zero_released.wait(r);
         }
     }
 
@@ -1060,15 +1046,9 @@ fn zeroer(engine: &std::sync::Weak<Engine>, mailbox: &ZeroMailbox) {
     let mut file: Option<(u64, Arc<dyn LogFile>)> = None;
     loop {
         {
-            let mut g = mailbox
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut g = mailbox.state.lock();
             while !g.asked && !g.stop {
-                g = mailbox
-                    .cv
-                    .wait(g)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                g = mailbox.cv.wait(g);
             }
             if g.stop {
                 return;

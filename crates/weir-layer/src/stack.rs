@@ -45,10 +45,13 @@ use crate::request_id::RequestId;
 use crate::thread_memo;
 
 /// Request id, metrics, authentication and rate limits (see the module
-/// docs); mount it with `Router::layer` so `MatchedPath` is known.
+/// docs); mount it with `Router::layer` so `MatchedPath` is known, or
+/// name the route with [`ProductionLayer::for_route`] when a service
+/// routes without axum.
 #[derive(Clone)]
 pub struct ProductionLayer {
     shared: Arc<Shared>,
+    route: Option<Arc<str>>,
 }
 
 struct Shared {
@@ -89,6 +92,34 @@ impl ProductionLayer {
                 handles: RwLock::new(foldhash::HashMap::default()),
                 in_flight: OnceLock::new(),
             }),
+            route: None,
+        }
+    }
+
+    /// The same layer (one in-flight gauge, one handle cache) for a
+    /// service that only ever serves the route `template`: its requests
+    /// are counted under it whether or not axum matched them.
+    pub fn for_route(&self, template: &str) -> ProductionLayer {
+        ProductionLayer {
+            shared: self.shared.clone(),
+            route: Some(Arc::from(template)),
+        }
+    }
+}
+
+/// The route a request is counted under: the template axum matched, or
+/// the one the layer was built for.
+#[derive(Clone)]
+enum Route {
+    Matched(MatchedPath),
+    Fixed(Arc<str>),
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            Route::Matched(m) => m.as_str(),
+            Route::Fixed(t) => t,
         }
     }
 }
@@ -99,6 +130,7 @@ impl<S> Layer<S> for ProductionLayer {
         ProductionService {
             inner,
             shared: self.shared.clone(),
+            route: self.route.clone(),
         }
     }
 }
@@ -107,11 +139,12 @@ impl<S> Layer<S> for ProductionLayer {
 pub struct ProductionService<S> {
     inner: S,
     shared: Arc<Shared>,
+    route: Option<Arc<str>>,
 }
 
 impl Shared {
     /// Counts one request and its duration (`route` `None`: unmatched).
-    fn record(&self, route: Option<&MatchedPath>, method: &'static str, status: u16, secs: f64) {
+    fn record(&self, route: Option<&Route>, method: &'static str, status: u16, secs: f64) {
         // The handles this thread used last, when they are this request's
         // (a steady client sends one kind of request): no lock, no hash.
         // A route is its template's shared string, held by the memo, so
@@ -128,11 +161,7 @@ impl Shared {
         if hit.is_some() {
             return;
         }
-        let h = self.lookup(
-            route.map_or("unmatched", MatchedPath::as_str),
-            method,
-            status,
-        );
+        let h = self.lookup(route.map_or("unmatched", Route::as_str), method, status);
         h.requests.increment(1);
         h.duration.record(secs);
         thread_memo::update(&LAST_HANDLES, |last| {
@@ -184,7 +213,7 @@ impl Shared {
 struct LastHandles {
     addr: usize,
     /// Keeps `addr` this route's.
-    _route: Option<MatchedPath>,
+    _route: Option<Route>,
     method: &'static str,
     status: u16,
     handles: Handles,
@@ -222,7 +251,7 @@ impl Drop for InFlight {
 /// leave the in-flight gauge, stamp the request id.
 struct Finish {
     in_flight: InFlight,
-    route: Option<MatchedPath>,
+    route: Option<Route>,
     method: &'static str,
     start: Instant,
     id: RequestId,
@@ -304,8 +333,15 @@ where
         };
         let (id, span) = begin_request_with(&mut req, id, traceparent);
         let fin = Finish {
-            // `MatchedPath` is an `Arc<str>` inside: cloning it is a count.
-            route: req.extensions().get::<MatchedPath>().cloned(),
+            // Both are an `Arc<str>` inside: cloning one is a count.
+            route: match &self.route {
+                Some(t) => Some(Route::Fixed(t.clone())),
+                None => req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .cloned()
+                    .map(Route::Matched),
+            },
             method: method_name(req.method()),
             start: Instant::now(),
             in_flight: InFlight::start(self.shared.clone()),

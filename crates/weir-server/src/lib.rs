@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod error;
+mod front;
 pub mod headers;
 pub mod limits;
 mod live;
@@ -174,27 +175,38 @@ impl AppState {
 /// of them that plumbing cost more CPU per append than the layers' work.
 /// Composed with `ServiceBuilder`, the layers nest as plain values and a
 /// request pays one clone of the stack.
+///
+/// Requests under the stream root skip the route table: [`front`] sends
+/// them to the stream handler behind its own copy of the same stack (one
+/// production layer, so one set of metrics and limits), and everything
+/// else to the router.
 pub fn router(state: AppState) -> Router {
     let root = state.config.stream_root.trim_end_matches('/').to_owned();
+    let streams = format!("{root}/{{*path}}");
+    let tenant_streams = format!("/t/{{tenant}}{root}/{{*path}}");
+    let others = [
+        "/_weir/streams",
+        "/_weir/batch",
+        "/t/{tenant}/_weir/streams",
+        "/t/{tenant}/_weir/batch",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        tenant_streams.as_str(),
+    ];
     let router = Router::new()
-        .route(&format!("{root}/{{*path}}"), any(streams::dispatch))
-        .route("/_weir/streams", get(manage::list))
-        .route("/_weir/batch", axum::routing::post(manage::batch))
-        .route(
-            &format!("/t/{{tenant}}{root}/{{*path}}"),
-            any(streams::dispatch_in_tenant),
-        )
-        .route("/t/{tenant}/_weir/streams", get(manage::list_in_tenant))
-        .route(
-            "/t/{tenant}/_weir/batch",
-            axum::routing::post(manage::batch_in_tenant),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(streams::ready))
+        .route(&streams, any(streams::dispatch))
+        .route(others[0], get(manage::list))
+        .route(others[1], axum::routing::post(manage::batch))
+        .route(&tenant_streams, any(streams::dispatch_in_tenant))
+        .route(others[2], get(manage::list_in_tenant))
+        .route(others[3], axum::routing::post(manage::batch_in_tenant))
+        .route(others[4], get(|| async { "ok" }))
+        .route(others[5], get(streams::ready))
         .fallback(streams::fallback);
     // `/metrics` exists with the layer only (shedding passes it by path).
     let router = match &state.layer {
-        Some(_) => router.route("/metrics", get(weir_layer::http::metrics_handler)),
+        Some(_) => router.route(others[6], get(weir_layer::http::metrics_handler)),
         None => router,
     };
     let production = state.layer.as_ref().map(|l| {
@@ -206,11 +218,21 @@ pub fn router(state: AppState) -> Router {
     });
     // Compression (text-like bodies of 1 KiB or more) only for requests
     // that accept an encoding; see `security::CompressionLayer`.
-    let stack = ServiceBuilder::new()
-        .layer(security::SecurityHeadersLayer)
-        .layer(security::CompressionLayer::new(state.config.compression))
-        .option_layer(production)
-        .layer(limits::ShedLayer::new(state.clone()))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
-    router.layer(stack).with_state(state)
+    let stack = |production: Option<weir_layer::stack::ProductionLayer>| {
+        ServiceBuilder::new()
+            .layer(security::SecurityHeadersLayer)
+            .layer(security::CompressionLayer::new(state.config.compression))
+            .option_layer(production)
+            .layer(limits::ShedLayer::new(state.clone()))
+            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+    };
+    let direct = stack(production.as_ref().map(|p| p.for_route(&streams)))
+        .service(front::Direct::new(state.clone(), &root));
+    let routes = router.layer(stack(production)).with_state(state);
+    if !front::applies(&root, &others) {
+        return routes;
+    }
+    // Stream requests skip the route table (see `front`); the router
+    // serves the rest, each behind the same stack.
+    Router::new().fallback_service(front::Front::new(&root, direct, routes))
 }

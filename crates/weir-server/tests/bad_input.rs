@@ -202,6 +202,13 @@ fn cases() -> Vec<Case> {
             400,
             Some("stream_name_invalid"),
         ),
+        case(
+            "name not UTF-8 once decoded",
+            M::PUT,
+            "a%FFb",
+            400,
+            Some("stream_name_invalid"),
+        ),
         // Create headers.
         case(
             "TTL not a number",

@@ -66,6 +66,17 @@ async fn required_auth_guards_streams_and_errors_carry_correlation_ids() {
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap();
     assert!(text.contains("weir_http_requests_total"), "{text}");
+    // Stream requests skip the route table but keep their route's label.
+    let counted = |route: &str, method: &str, status: &str| {
+        text.lines().any(|l| {
+            l.starts_with("weir_http_requests_total{")
+                && l.contains(&format!("route=\"{route}\""))
+                && l.contains(&format!("method=\"{method}\""))
+                && l.contains(&format!("status=\"{status}\""))
+        })
+    };
+    assert!(counted("/v1/stream/{*path}", "PUT", "201"), "{text}");
+    assert!(counted("/v1/stream/{*path}", "POST", "400"), "{text}");
     let _ = child.kill().await;
 }
 

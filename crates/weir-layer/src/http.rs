@@ -113,7 +113,9 @@ where
 /// fused [`crate::stack::ProductionService`].
 pub(crate) fn begin_request<B>(req: &mut Request<B>) -> (RequestId, tracing::Span) {
     let (id, traceparent) = RequestId::from_headers(req.headers());
-    let (id, span) = begin_request_with(req, id, traceparent);
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let (id, span) = begin_request_with(req, id, traceparent, route);
     req.extensions_mut().insert(id.clone());
     (id, span)
 }
@@ -121,11 +123,13 @@ pub(crate) fn begin_request<B>(req: &mut Request<B>) -> (RequestId, tracing::Spa
 /// [`begin_request`] with the id and trace parent already taken from the
 /// headers (see [`LayerHeaders`]), except that the id is not put into the
 /// request's extensions: the caller does (the fused stack together with
-/// the principal, as a [`RequestContext`]).
+/// the principal, as a [`RequestContext`]). `route` is the template the
+/// request is counted under (`unmatched` when none).
 pub(crate) fn begin_request_with<B>(
     req: &mut Request<B>,
     id: RequestId,
     traceparent: Option<crate::request_id::TraceParent>,
+    route: &str,
 ) -> (RequestId, tracing::Span) {
     let span = tracing::info_span!(
         "request",
@@ -140,13 +144,7 @@ pub(crate) fn begin_request_with<B>(
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    crate::telemetry::begin(
-        &span,
-        traceparent.as_ref(),
-        req.extensions()
-            .get::<MatchedPath>()
-            .map_or("unmatched", MatchedPath::as_str),
-    );
+    crate::telemetry::begin(&span, traceparent.as_ref(), route);
     if let Some(tp) = traceparent {
         req.extensions_mut().insert(tp);
     }

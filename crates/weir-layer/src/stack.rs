@@ -331,17 +331,23 @@ where
             );
             (id, traceparent, auth_now)
         };
-        let (id, span) = begin_request_with(&mut req, id, traceparent);
+        // Both are an `Arc<str>` inside: cloning one is a count.
+        let route = match &self.route {
+            Some(t) => Some(Route::Fixed(t.clone())),
+            None => req
+                .extensions()
+                .get::<MatchedPath>()
+                .cloned()
+                .map(Route::Matched),
+        };
+        let (id, span) = begin_request_with(
+            &mut req,
+            id,
+            traceparent,
+            route.as_ref().map_or("unmatched", Route::as_str),
+        );
         let fin = Finish {
-            // Both are an `Arc<str>` inside: cloning one is a count.
-            route: match &self.route {
-                Some(t) => Some(Route::Fixed(t.clone())),
-                None => req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .cloned()
-                    .map(Route::Matched),
-            },
+            route,
             method: method_name(req.method()),
             start: Instant::now(),
             in_flight: InFlight::start(self.shared.clone()),

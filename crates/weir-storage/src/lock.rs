@@ -1,4 +1,4 @@
-//! The mutex the storage hot path uses.
+//! The locks the storage engine uses.
 //!
 //! `parking_lot`'s mutex spins with `sched_yield` before it parks. On a
 //! small machine running more threads than cores (two tokio workers, the
@@ -69,5 +69,33 @@ impl Condvar {
     /// Wakes every waiter.
     pub fn notify_all(&self) {
         self.0.notify_all();
+    }
+}
+
+/// A reader-writer lock with `parking_lot`'s API (no poisoning), over the
+/// standard library's futex lock for the reason the module gives.
+#[derive(Debug, Default)]
+pub struct RwLock<T: ?Sized>(std::sync::RwLock<T>);
+
+impl<T> RwLock<T> {
+    /// A new unlocked lock.
+    pub const fn new(value: T) -> RwLock<T> {
+        RwLock(std::sync::RwLock::new(value))
+    }
+}
+
+impl<T: ?Sized> RwLock<T> {
+    /// Shared access, blocking the thread while a writer holds it.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, T> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Exclusive access, blocking the thread until readers and writers leave.
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, T> {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

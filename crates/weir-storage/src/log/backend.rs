@@ -78,7 +78,7 @@ pub struct LogBackend {
     /// compaction holds it exclusively while it removes segments and drops
     /// redirects, so a walk never finds a position it resolved a moment ago
     /// gone from under it.
-    pub(crate) walks: Arc<std::sync::RwLock<()>>,
+    pub(crate) walks: Arc<crate::lock::RwLock<()>>,
     /// Held for the backend's lifetime: a second process cannot open the
     /// same directory.
     _lock: File,
@@ -451,9 +451,7 @@ impl Backend for LogBackend {
         let engine = self.engine()?.clone();
         let walks = self.walks.clone();
         tokio::task::spawn_blocking(move || {
-            let _walk = walks
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _walk = walks.read();
             cold_chunks(&engine, &index, pos, end)
                 .or_else(|_| cold_chunks(&engine, &index, pos, end))
         })
@@ -593,7 +591,7 @@ pub fn open_with(
         space_checked_ms: std::sync::atomic::AtomicI64::new(0),
         compacted: Mutex::new(BTreeMap::new()),
         usage: Mutex::new(BTreeMap::new()),
-        walks: Arc::new(std::sync::RwLock::new(())),
+        walks: Arc::new(crate::lock::RwLock::new(())),
         _lock: lock,
     });
     let (table, from) = match super::checkpoint::load(&*fs, &backend) {

@@ -148,10 +148,7 @@ fn run_blocking(
     for seg in due {
         if present.binary_search(&seg).is_ok() && (seg + 1) * size <= older {
             let bytes = {
-                let _no_walks = backend
-                    .walks
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _no_walks = backend.walks.write();
                 engine.remove_segment(seg).map_err(io)?
             };
             report.segments_removed += 1;
@@ -359,10 +356,7 @@ fn relocate_segment(
     }
     let (_, rx) = table.gated(|| backend.submit_compacted(seg))?;
     wait.push(rx);
-    let _no_walks = backend
-        .walks
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _no_walks = backend.walks.write();
     for (index, old) in prune {
         index.forget_redirect(old);
     }

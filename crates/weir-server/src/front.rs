@@ -34,9 +34,9 @@ use crate::error::ApiError;
 
 /// Whether stream paths can bypass the router: no other route may start
 /// with `{root}/` (then a static route would have won over the capture).
-pub(crate) fn applies(root: &str, other_routes: &[&str]) -> bool {
+pub(crate) fn applies<'a>(root: &str, other_routes: impl IntoIterator<Item = &'a str>) -> bool {
     let prefix = format!("{root}/");
-    !root.is_empty() && !other_routes.iter().any(|r| r.starts_with(&prefix))
+    !root.is_empty() && !other_routes.into_iter().any(|r| r.starts_with(&prefix))
 }
 
 /// Serves `{root}/{*path}` with `direct`, everything else with `routes`.
@@ -49,9 +49,10 @@ pub(crate) struct Front<D> {
 }
 
 impl<D> Front<D> {
-    pub(crate) fn new(root: &str, direct: D, routes: Router) -> Front<D> {
+    /// `prefix` is `{root}/`, shared with `direct`.
+    pub(crate) fn new(prefix: Arc<str>, direct: D, routes: Router) -> Front<D> {
         Front {
-            prefix: Arc::from(format!("{root}/")),
+            prefix,
             direct,
             routes,
         }
@@ -95,11 +96,9 @@ pub(crate) struct Direct {
 }
 
 impl Direct {
-    pub(crate) fn new(state: AppState, root: &str) -> Direct {
-        Direct {
-            state,
-            prefix: Arc::from(format!("{root}/")),
-        }
+    /// `prefix` is `{root}/`.
+    pub(crate) fn new(state: AppState, prefix: Arc<str>) -> Direct {
+        Direct { state, prefix }
     }
 }
 
@@ -149,9 +148,9 @@ mod tests {
     #[test]
     fn the_shortcut_stays_off_where_another_route_lives_under_the_root() {
         let others = ["/_weir/streams", "/t/{tenant}/_weir/streams", "/healthz"];
-        assert!(applies("/v1/stream", &others));
-        assert!(!applies("", &others));
-        assert!(!applies("/_weir", &others));
-        assert!(!applies("/t", &others));
+        assert!(applies("/v1/stream", others));
+        assert!(!applies("", others));
+        assert!(!applies("/_weir", others));
+        assert!(!applies("/t", others));
     }
 }

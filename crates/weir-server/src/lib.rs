@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get};
+use axum::routing::{MethodRouter, any, get, post};
 use tower::ServiceBuilder;
 use weir_storage::Storage;
 
@@ -183,32 +183,36 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let root = state.config.stream_root.trim_end_matches('/').to_owned();
     let streams = format!("{root}/{{*path}}");
-    let tenant_streams = format!("/t/{{tenant}}{root}/{{*path}}");
-    let others = [
-        "/_weir/streams",
-        "/_weir/batch",
-        "/t/{tenant}/_weir/streams",
-        "/t/{tenant}/_weir/batch",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        tenant_streams.as_str(),
+    let mut others: Vec<(String, MethodRouter<AppState>)> = vec![
+        ("/_weir/streams".into(), get(manage::list)),
+        ("/_weir/batch".into(), post(manage::batch)),
+        (
+            format!("/t/{{tenant}}{root}/{{*path}}"),
+            any(streams::dispatch_in_tenant),
+        ),
+        (
+            "/t/{tenant}/_weir/streams".into(),
+            get(manage::list_in_tenant),
+        ),
+        (
+            "/t/{tenant}/_weir/batch".into(),
+            post(manage::batch_in_tenant),
+        ),
+        ("/healthz".into(), get(|| async { "ok" })),
+        ("/readyz".into(), get(streams::ready)),
     ];
-    let router = Router::new()
-        .route(&streams, any(streams::dispatch))
-        .route(others[0], get(manage::list))
-        .route(others[1], axum::routing::post(manage::batch))
-        .route(&tenant_streams, any(streams::dispatch_in_tenant))
-        .route(others[2], get(manage::list_in_tenant))
-        .route(others[3], axum::routing::post(manage::batch_in_tenant))
-        .route(others[4], get(|| async { "ok" }))
-        .route(others[5], get(streams::ready))
-        .fallback(streams::fallback);
     // `/metrics` exists with the layer only (shedding passes it by path).
-    let router = match &state.layer {
-        Some(_) => router.route(others[6], get(weir_layer::http::metrics_handler)),
-        None => router,
-    };
+    if state.layer.is_some() {
+        others.push(("/metrics".into(), get(weir_layer::http::metrics_handler)));
+    }
+    let shortcut = front::applies(&root, others.iter().map(|(path, _)| path.as_str()));
+    let router = others
+        .into_iter()
+        .fold(
+            Router::new().route(&streams, any(streams::dispatch)),
+            |router, (path, handler)| router.route(&path, handler),
+        )
+        .fallback(streams::fallback);
     let production = state.layer.as_ref().map(|l| {
         // Subscription callbacks, acks and releases carry their own
         // credential (the callback token), which the engine verifies.
@@ -226,13 +230,16 @@ pub fn router(state: AppState) -> Router {
             .layer(limits::ShedLayer::new(state.clone()))
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
     };
-    let direct = stack(production.as_ref().map(|p| p.for_route(&streams)))
-        .service(front::Direct::new(state.clone(), &root));
-    let routes = router.layer(stack(production)).with_state(state);
-    if !front::applies(&root, &others) {
+    let routes = router
+        .layer(stack(production.clone()))
+        .with_state(state.clone());
+    if !shortcut {
         return routes;
     }
     // Stream requests skip the route table (see `front`); the router
     // serves the rest, each behind the same stack.
-    Router::new().fallback_service(front::Front::new(&root, direct, routes))
+    let prefix: Arc<str> = Arc::from(format!("{root}/"));
+    let direct = stack(production.map(|p| p.for_route(&streams)))
+        .service(front::Direct::new(state.clone(), prefix.clone()));
+    Router::new().fallback_service(front::Front::new(prefix, direct, routes))
 }

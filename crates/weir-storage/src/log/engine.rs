@@ -1080,12 +1080,18 @@ fn zeroer(engine: &std::sync::Weak<Engine>, mailbox: &ZeroMailbox) {
 fn committer(engine: std::sync::Weak<Engine>, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
-        while jobs.len() < 65_536 {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
+        drain(&rx, &mut jobs);
+        // One yield before closing the batch. This thread usually runs
+        // because a sync just finished or a first job just arrived, and on
+        // a busy machine it took the core from a request handler that was
+        // about to submit more. Yielding lets that handler (and anything
+        // else already runnable here) go on first, so its appends join this
+        // sync instead of waiting for the next one. It is not a delay: with
+        // nothing else runnable the yield returns at once. Measured under
+        // the benchmark's 75 connections: ~25% fewer syncs and ~10% more
+        // appends/s (docs/storage.md, "Group commit").
+        std::thread::yield_now();
+        drain(&rx, &mut jobs);
         let Some(engine) = engine.upgrade() else {
             return;
         };
@@ -1135,6 +1141,19 @@ fn committer(engine: std::sync::Weak<Engine>, rx: mpsc::Receiver<Job>) {
         }
     }
 }
+
+/// Moves every queued job into `jobs`, up to a batch's cap.
+fn drain(rx: &mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
+}
+
+/// The most jobs one group commit takes; the rest wait for the next.
+const MAX_BATCH: usize = 65_536;
 
 /// Writes a batch (contiguous runs per segment) and syncs what it touched.
 fn write_batch(engine: &Engine, jobs: &[Job]) -> Result<u64, LogError> {

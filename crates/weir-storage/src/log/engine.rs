@@ -1088,7 +1088,7 @@ fn committer(engine: std::sync::Weak<Engine>, rx: mpsc::Receiver<Job>) {
         // else already runnable here) go on first, so its appends join this
         // sync instead of waiting for the next one. It is not a delay: with
         // nothing else runnable the yield returns at once. Measured under
-        // the benchmark's 75 connections: ~25% fewer syncs and ~10% more
+        // the benchmark's 75 connections: 20-26% fewer syncs and 3-14% more
         // appends/s (docs/storage.md, "Group commit").
         std::thread::yield_now();
         drain(&rx, &mut jobs);

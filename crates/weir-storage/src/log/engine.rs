@@ -1144,12 +1144,7 @@ fn committer(engine: std::sync::Weak<Engine>, rx: mpsc::Receiver<Job>) {
 
 /// Moves every queued job into `jobs`, up to a batch's cap.
 fn drain(rx: &mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
-    while jobs.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(j) => jobs.push(j),
-            Err(_) => break,
-        }
-    }
+    jobs.extend(rx.try_iter().take(MAX_BATCH.saturating_sub(jobs.len())));
 }
 
 /// The most jobs one group commit takes; the rest wait for the next.

@@ -108,13 +108,17 @@ where
     }
 }
 
+/// The route label of a request that matched no route template (metrics
+/// and the span's `http.route`).
+pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
+
 /// Takes the request's id (and W3C trace parent) from its headers into its
 /// extensions and opens its span. Shared by [`RequestIdService`] and the
 /// fused [`crate::stack::ProductionService`].
 pub(crate) fn begin_request<B>(req: &mut Request<B>) -> (RequestId, tracing::Span) {
     let (id, traceparent) = RequestId::from_headers(req.headers());
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let route = route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
     let (id, span) = begin_request_with(req, id, traceparent, route);
     req.extensions_mut().insert(id.clone());
     (id, span)
@@ -124,7 +128,7 @@ pub(crate) fn begin_request<B>(req: &mut Request<B>) -> (RequestId, tracing::Spa
 /// headers (see [`LayerHeaders`]), except that the id is not put into the
 /// request's extensions: the caller does (the fused stack together with
 /// the principal, as a [`RequestContext`]). `route` is the template the
-/// request is counted under (`unmatched` when none).
+/// request is counted under ([`UNMATCHED_ROUTE`] when none).
 pub(crate) fn begin_request_with<B>(
     req: &mut Request<B>,
     id: RequestId,
@@ -816,7 +820,7 @@ where
         let route = req
             .extensions()
             .get::<MatchedPath>()
-            .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+            .map_or_else(|| UNMATCHED_ROUTE.to_owned(), |m| m.as_str().to_owned());
         let method = method_name(req.method());
         Box::pin(async move {
             let start = Instant::now();

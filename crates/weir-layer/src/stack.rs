@@ -161,7 +161,11 @@ impl Shared {
         if hit.is_some() {
             return;
         }
-        let h = self.lookup(route.map_or("unmatched", Route::as_str), method, status);
+        let h = self.lookup(
+            route.map_or(crate::http::UNMATCHED_ROUTE, Route::as_str),
+            method,
+            status,
+        );
         h.requests.increment(1);
         h.duration.record(secs);
         thread_memo::update(&LAST_HANDLES, |last| {
@@ -344,7 +348,9 @@ where
             &mut req,
             id,
             traceparent,
-            route.as_ref().map_or("unmatched", Route::as_str),
+            route
+                .as_ref()
+                .map_or(crate::http::UNMATCHED_ROUTE, Route::as_str),
         );
         let fin = Finish {
             route,
